@@ -1,0 +1,312 @@
+"""Registry of training-method plugins and the hook interface the training loop calls.
+
+Each method lives in one module of this package and registers a `Plugin` subclass under a
+short name with `@register(...)`. The loop only talks to `PluginSet`, never to a method by
+name (see docs/architecture.md for where each hook fires).
+"""
+
+import importlib
+import pkgutil
+import re
+
+import numpy as np
+import torch
+
+from torch_utils import training_stats
+
+#----------------------------------------------------------------------------
+# Options and registry.
+
+class Option:
+    """One command-line option a plugin adds to train.py (`--name`, stored as opts.name_with_underscores)."""
+    def __init__(self, name, type=str, default=None, help='', is_flag=False):
+        self.name = name                  # CLI spelling, e.g. 'diffaug-policy'
+        self.key = name.replace('-', '_') # key in the opts dict
+        self.type = type
+        self.default = default
+        self.help = help
+        self.is_flag = is_flag
+
+_registry = {}      # name -> Plugin subclass
+_loaded = False
+
+def register(name):
+    """Class decorator: make a Plugin subclass selectable by `name`."""
+    def decorator(cls):
+        assert issubclass(cls, Plugin)
+        if name in _registry and _registry[name] is not cls:
+            raise ValueError(f'plugin name "{name}" registered twice')
+        cls.name = name
+        _registry[name] = cls
+        return cls
+    return decorator
+
+def _load_all():
+    global _loaded
+    if not _loaded:
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            if not info.name.startswith('_'):
+                importlib.import_module(f'{__name__}.{info.name}')
+        _loaded = True
+
+def registry():
+    """All registered plugin classes by name, every plugin module imported."""
+    _load_all()
+    return dict(_registry)
+
+def names(kind):
+    """Registered names of one kind ('aug' or 'method'), sorted."""
+    return sorted(name for name, cls in registry().items() if cls.kind == kind)
+
+def all_options():
+    """[(plugin_name, Option)] for every registered plugin, in registry order."""
+    return [(name, opt) for name, cls in sorted(registry().items()) for opt in cls.options]
+
+def default_opts():
+    """Dict of every plugin option's default value, keyed by option key."""
+    return {opt.key: opt.default for _name, opt in all_options()}
+
+def resolve(aug, methods, opts):
+    """Return the active plugin classes, sorted by `order`, after validation.
+
+    aug: the --aug value; methods: list of --method names; opts: dict of all plugin options.
+    Raises ValueError with a readable message for unknown names or invalid combinations.
+    """
+    reg = registry()
+    augs = names('aug')
+    if aug not in augs:
+        raise ValueError(f'unknown --aug "{aug}"; choose one of: {", ".join(augs)}')
+    known_methods = names('method')
+    for m in methods:
+        if m not in known_methods:
+            raise ValueError(f'unknown --method "{m}"; choose from: {", ".join(known_methods) or "(none registered)"}')
+    active = [cls for cls in reg.values() if cls.is_active(aug, methods, opts)]
+    active.sort(key=lambda cls: (cls.order, cls.name))
+    for cls in active:
+        cls.validate(aug, methods, opts)
+    return active
+
+#----------------------------------------------------------------------------
+# Base class: every hook is a no-op, so a plugin implements only what it needs.
+
+class Plugin:
+    name = None         # set by @register
+    kind = 'method'     # 'aug' (chosen by --aug) or 'method' (chosen by --method)
+    order = 50          # run order: batch replacement < 20 <= augmentation < 40 <= others
+    options = []        # list of Option
+    provides_augment_pipe = False   # True if `self.augment_pipe` is the snapshot's augment_pipe
+
+    # --- class-level, before any network exists -------------------------------------------
+    @classmethod
+    def is_active(cls, aug, methods, opts):
+        return (cls.kind == 'aug' and aug == cls.name) or (cls.kind == 'method' and cls.name in methods)
+
+    @classmethod
+    def validate(cls, aug, methods, opts):
+        """Raise ValueError with a message naming the fix if the options do not fit together."""
+
+    @classmethod
+    def configure(cls, c, opts):
+        """Edit the training config `c` (G_kwargs, D_kwargs, loss_kwargs, ...) before networks are built."""
+
+    @classmethod
+    def describe(cls, opts):
+        """Tag appended to the run directory name, e.g. 'apa-wdataaug'."""
+        return cls.name
+
+    # --- instance hooks, called by the training loop -----------------------------------------
+    def __init__(self, opts, device, rank=0, num_gpus=1):
+        self.opts = opts
+        self.device = device
+        self.rank = rank
+        self.num_gpus = num_gpus
+        self.augment_pipe = None
+
+    def setup(self, G, D, G_ema, ctx):
+        """Called once after networks exist (before resume state is loaded)."""
+
+    def on_iteration_start(self, state):
+        """Schedules (Re-GAN phase and learning rate, transfer stage)."""
+
+    def replace_real_batch(self, real_img, phase):
+        """Return the real batch D should see in Dmain / Dreg (APA)."""
+        return real_img
+
+    def augment_D_input(self, img, is_real, phase):
+        """The augmentation A applied to every D input (ADA, DiffAugment)."""
+        return img
+
+    def synthesis_kwargs(self, phase):
+        """Extra keyword arguments for G.synthesis in the loss (UTLO asks for add_uc=True)."""
+        return {}
+
+    def main_loss_weight(self, phase):
+        """Multiplier on the base adversarial term of Gmain / Dmain (UTLO, AdvAug)."""
+        return 1.0
+
+    def extra_loss(self, phase, ctx):
+        """Return a scalar tensor added to the phase loss, or None."""
+        return None
+
+    def after_backward(self, phase, module):
+        """After loss.backward(), before the optimizer step (mask gradients)."""
+
+    def after_step(self, phase, module):
+        """After the optimizer step (re-apply masks)."""
+
+    def before_ema(self, G, G_ema):
+        """Just before the G_ema update."""
+
+    def end_of_iteration(self, state, stats):
+        """After the EMA update: p controllers, schedules, logging."""
+
+    def state_for_snapshot(self):
+        """Training-only state needed to resume (picklable, CPU tensors)."""
+        return {}
+
+    def load_state(self, state):
+        """Inverse of state_for_snapshot()."""
+
+    def report_stats(self):
+        """Report per-tick statistics with training_stats.report0 (called once per tick)."""
+
+#----------------------------------------------------------------------------
+# The active plugins, called in order. Hooks a plugin does not override are skipped.
+
+class PluginSet:
+    def __init__(self, plugin_classes, opts, device, rank=0, num_gpus=1):
+        self.plugins = [cls(opts, device, rank, num_gpus) for cls in plugin_classes]
+        self._impl = {}
+        for hook in ['setup', 'on_iteration_start', 'replace_real_batch', 'augment_D_input',
+                     'synthesis_kwargs', 'main_loss_weight', 'extra_loss', 'after_backward',
+                     'after_step', 'before_ema', 'end_of_iteration', 'report_stats']:
+            self._impl[hook] = [p for p in self.plugins if getattr(type(p), hook) is not getattr(Plugin, hook)]
+
+    def __iter__(self):
+        return iter(self.plugins)
+
+    def __getitem__(self, name):
+        for p in self.plugins:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def has(self, hook):
+        return len(self._impl[hook]) > 0
+
+    @property
+    def augment_pipe(self):
+        for p in self.plugins:
+            if p.provides_augment_pipe and p.augment_pipe is not None:
+                return p.augment_pipe
+        return None
+
+    def setup(self, G, D, G_ema, ctx):
+        for p in self._impl['setup']:
+            p.setup(G, D, G_ema, ctx)
+
+    def on_iteration_start(self, state):
+        for p in self._impl['on_iteration_start']:
+            p.on_iteration_start(state)
+
+    def replace_real_batch(self, real_img, phase):
+        for p in self._impl['replace_real_batch']:
+            real_img = p.replace_real_batch(real_img, phase)
+        return real_img
+
+    def augment_D_input(self, img, is_real, phase):
+        for p in self._impl['augment_D_input']:
+            img = p.augment_D_input(img, is_real, phase)
+        return img
+
+    def synthesis_kwargs(self, phase):
+        kwargs = {}
+        for p in self._impl['synthesis_kwargs']:
+            kwargs.update(p.synthesis_kwargs(phase))
+        return kwargs
+
+    def main_loss_weight(self, phase):
+        weight = 1.0
+        for p in self._impl['main_loss_weight']:
+            weight = weight * p.main_loss_weight(phase)
+        return weight
+
+    def extra_loss(self, phase, ctx):
+        total = None
+        for p in self._impl['extra_loss']:
+            term = p.extra_loss(phase, ctx)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def after_backward(self, phase, module):
+        for p in self._impl['after_backward']:
+            p.after_backward(phase, module)
+
+    def after_step(self, phase, module):
+        for p in self._impl['after_step']:
+            p.after_step(phase, module)
+
+    def before_ema(self, G, G_ema):
+        for p in self._impl['before_ema']:
+            p.before_ema(G, G_ema)
+
+    def end_of_iteration(self, state, stats):
+        for p in self._impl['end_of_iteration']:
+            p.end_of_iteration(state, stats)
+
+    def report_stats(self):
+        for p in self._impl['report_stats']:
+            p.report_stats()
+
+    def state_for_snapshot(self):
+        return {p.name: p.state_for_snapshot() for p in self.plugins}
+
+    def load_state(self, states):
+        for p in self.plugins:
+            if p.name in states:
+                p.load_state(states[p.name])
+
+#----------------------------------------------------------------------------
+# The adaptive-p controller shared by ADA and APA (methods.md sections 1 and 4).
+
+class AdaptiveP:
+    """p <- max(0, p + sign(r - target) * batch * interval / (speed_kimg * 1000)), every `interval` iterations.
+
+    r is the mean of the statistic `stat_name` (e.g. 'Loss/signs/real') reported through
+    training_stats since the last adjustment, averaged over all ranks. `p` is a 0-dim tensor
+    buffer owned by someone else (the augment pipe or the APA plugin); it is updated in place.
+    """
+    def __init__(self, p, target=0.6, speed_kimg=500, interval=4, stat_name='Loss/signs/real'):
+        self.p = p
+        self.target = float(target)
+        self.speed_kimg = float(speed_kimg)
+        self.interval = int(interval)
+        self.collector = training_stats.Collector(regex=re.escape(stat_name) + '$')
+        self.stat_name = stat_name
+
+    def step_size(self, batch_size):
+        return batch_size * self.interval / (self.speed_kimg * 1000)
+
+    def update(self, batch_idx, batch_size):
+        """Call once per iteration after the D phases; adjusts p every `interval` iterations."""
+        if batch_idx % self.interval != 0:
+            return
+        self.collector.update()
+        r = self.collector.mean(self.stat_name)
+        self.adjust(r, batch_size)
+
+    def adjust(self, r, batch_size):
+        """Apply one adjustment for a measured statistic r (NaN = no reports: no change)."""
+        if r is None or not np.isfinite(r):
+            return
+        adjust = float(np.sign(r - self.target)) * self.step_size(batch_size)
+        with torch.no_grad():
+            self.p.copy_((self.p + adjust).clamp_min(0))
+
+    def state_dict(self):
+        return dict(target=self.target, speed_kimg=self.speed_kimg)
+
+    def load_state_dict(self, state):
+        self.target = float(state.get('target', self.target))
+        self.speed_kimg = float(state.get('speed_kimg', self.speed_kimg))
