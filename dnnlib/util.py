@@ -5,7 +5,6 @@ The public names follow stylegan2-ada-pytorch's `dnnlib.util`, so configuration 
 (`class_name='training.dataset.ImageFolderDataset'`) and old scripts keep working.
 """
 
-import ctypes
 import fnmatch
 import hashlib
 import importlib
@@ -72,7 +71,7 @@ class Logger(object):
     def write(self, text: Union[str, bytes]) -> None:
         if isinstance(text, bytes):
             text = text.decode()
-        if len(text) == 0: # workaround for a bug in VSCode debugger: sys.stdout.write(''); sys.stdout.flush() => crash
+        if not text:
             return
         if self.file is not None:
             self.file.write(text)
@@ -146,44 +145,11 @@ def format_time_brief(seconds: Union[int, float]) -> str:
         return f'{s // (60 * 60)}h {(s // 60) % 60:02d}m'
     return f'{s // (24 * 60 * 60)}d {(s // (60 * 60)) % 24:02d}h'
 
-def tuple_product(t: Tuple) -> Any:
-    """Product of the elements of a tuple."""
-    result = 1
-    for v in t:
-        result *= v
-    return result
-
-_str_to_ctype = {
-    'uint8': ctypes.c_ubyte, 'uint16': ctypes.c_uint16, 'uint32': ctypes.c_uint32, 'uint64': ctypes.c_uint64,
-    'int8': ctypes.c_byte, 'int16': ctypes.c_int16, 'int32': ctypes.c_int32, 'int64': ctypes.c_int64,
-    'float32': ctypes.c_float, 'float64': ctypes.c_double,
-}
-
-def get_dtype_and_ctype(type_obj: Any) -> Tuple[Any, Any]:
-    """(numpy dtype, ctypes type) for a type given as a string, numpy dtype or ctypes type."""
-    import numpy as np
-    if isinstance(type_obj, str):
-        type_str = type_obj
-    elif hasattr(type_obj, '__name__'):
-        type_str = type_obj.__name__
-    elif hasattr(type_obj, 'name'):
-        type_str = type_obj.name
-    else:
-        raise RuntimeError(f'Cannot infer type name from input: {type_obj!r}')
-    assert type_str in _str_to_ctype, type_str
-    my_dtype = np.dtype(type_str)
-    my_ctype = _str_to_ctype[type_str]
-    assert my_dtype.itemsize == ctypes.sizeof(my_ctype)
-    return my_dtype, my_ctype
-
 #----------------------------------------------------------------------------
 # Objects by dotted name ('training.networks.Generator').
 
 def get_module_from_obj_name(obj_name: str) -> Tuple[types.ModuleType, str]:
     """Split 'pkg.mod.attr.sub' into (imported module, 'attr.sub'), trying the longest module first."""
-    # Allow the 'mod.attr' spelling with a non-standard module alias.
-    obj_name = re.sub('^np.', 'numpy.', obj_name)
-    obj_name = re.sub('^tf.', 'tensorflow.', obj_name)
     parts = obj_name.split('.')
     name_pairs = [('.'.join(parts[:i]), '.'.join(parts[i:])) for i in range(len(parts), 0, -1)]
 
@@ -202,7 +168,7 @@ def get_module_from_obj_name(obj_name: str) -> Tuple[types.ModuleType, str]:
         try:
             importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name is not None and module_name.startswith(e.name):
+            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + '.')):
                 continue
             raise
     for module_name, local_obj_name in name_pairs:
@@ -210,7 +176,10 @@ def get_module_from_obj_name(obj_name: str) -> Tuple[types.ModuleType, str]:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        get_obj_from_module(module, local_obj_name) # raises AttributeError with a useful message
+        try:
+            get_obj_from_module(module, local_obj_name)
+        except AttributeError as e:
+            raise AttributeError(f'Cannot find "{obj_name}": module "{module_name}" has no attribute "{local_obj_name}"') from e
     raise ImportError(f'Cannot find "{obj_name}": no importable module along that dotted path')
 
 def get_obj_from_module(module: types.ModuleType, obj_name: str) -> Any:
@@ -260,24 +229,20 @@ def get_top_level_function_name(obj: Any) -> str:
 # File system helpers.
 
 def list_dir_recursively_with_ignore(dir_path: str, ignores: List[str] = None, add_base_to_relative: bool = False) -> List[Tuple[str, str]]:
-    """All files under dir_path as (absolute path, relative path), skipping fnmatch patterns in `ignores`."""
-    assert os.path.isdir(dir_path)
-    base_name = os.path.basename(os.path.normpath(dir_path))
-    if ignores is None:
-        ignores = []
+    """All files under dir_path as (absolute path, relative path), skipping names that match
+    any fnmatch pattern in `ignores` (a matching directory is skipped whole)."""
+    if not os.path.isdir(dir_path):
+        raise NotADirectoryError(f'Not a directory: "{dir_path}"')
+    ignores = list(ignores or [])
+    skip = lambda name: any(fnmatch.fnmatch(name, pattern) for pattern in ignores)
+    prefix = os.path.basename(os.path.normpath(dir_path)) if add_base_to_relative else ''
     result = []
     for root, dirs, files in os.walk(dir_path, topdown=True):
-        for ignore_ in ignores:
-            dirs_to_remove = [d for d in dirs if fnmatch.fnmatch(d, ignore_)]
-            for d in dirs_to_remove:
-                dirs.remove(d)
-            files = [f for f in files if not fnmatch.fnmatch(f, ignore_)]
-        absolute_paths = [os.path.join(root, f) for f in files]
-        relative_paths = [os.path.relpath(p, dir_path) for p in absolute_paths]
-        if add_base_to_relative:
-            relative_paths = [os.path.join(base_name, p) for p in relative_paths]
-        assert len(absolute_paths) == len(relative_paths)
-        result += zip(absolute_paths, relative_paths)
+        dirs[:] = [d for d in dirs if not skip(d)] # pruning in place stops os.walk descending
+        for f in sorted(files):
+            if not skip(f):
+                path = os.path.join(root, f)
+                result.append((path, os.path.join(prefix, os.path.relpath(path, dir_path))))
     return result
 
 def copy_files_and_create_dirs(files: List[Tuple[str, str]]) -> None:
