@@ -1,0 +1,121 @@
+"""APA, Adaptive Pseudo Augmentation (Jiang et al. 2021, "Deceive D"): with an adaptive
+probability p, real images in D's real batch are swapped for G's current fakes, still
+labelled real (methods.md section 4). No extra G forward: the fakes of the latest Gmain are reused.
+"""
+
+import torch
+
+from plugins import AdaptiveP, Option, Plugin, register
+from torch_utils import training_stats
+
+REAL_PHASES = ('Dmain', 'Dreg', 'Dboth')    # phases in which D sees the real batch
+GEN_PHASES = ('Gmain', 'Gboth')             # phases whose fakes become the pseudo batch
+
+def mix_batches(real, pseudo, flags):
+    """Per-sample choice: row i of the result is pseudo[i] where flags[i] else real[i].
+
+    real, pseudo: [N, C, H, W]; flags: bool [N]. Returns a new tensor (detached).
+    """
+    return torch.where(flags.view(-1, 1, 1, 1), pseudo.to(real.dtype), real).detach()
+
+def match_batch(pseudo, n):
+    """Match the pseudo batch to n rows (truncate, or repeat cyclically if it is smaller)."""
+    if pseudo.shape[0] == n:
+        return pseudo
+    idx = torch.arange(n, device=pseudo.device) % pseudo.shape[0]
+    return pseudo[idx]
+
+@register('apa')
+class APAPlugin(Plugin):
+    kind = 'aug'
+    order = 10      # the batch is replaced before any augmentation sees it
+    provides_augment_pipe = True
+    options = [
+        Option('with-dataaug', type=bool, default=False,
+               help='APA: also apply the ADA pipeline (--augpipe) in every D call; its p is shared '
+                    'with APA\'s p as in the APA reference [default: false]'),
+        Option('apa-fixed-p', type=float, default=None,
+               help='APA: keep p constant at this value instead of adapting it to --target'),
+    ]
+
+    @classmethod
+    def validate(cls, aug, methods, opts):
+        fixed = opts.get('apa_fixed_p')
+        if fixed is not None and not 0 <= fixed <= 1:
+            raise ValueError(f'--apa-fixed-p must be in [0, 1], got {fixed}')
+        if opts.get('with_dataaug'):
+            from training import augment
+            if opts.get('augpipe', 'bgc') not in augment.augpipe_specs:
+                raise ValueError(f'--augpipe={opts.get("augpipe")} is unknown; choose one of: '
+                                 f'{", ".join(sorted(augment.augpipe_specs))}')
+
+    @classmethod
+    def describe(cls, opts):
+        tag = 'apa-wdataaug' if opts.get('with_dataaug') else 'apa'
+        if opts.get('apa_fixed_p') is not None:
+            tag += f'-p{opts["apa_fixed_p"]:g}'
+        return tag
+
+    def __init__(self, opts, device, rank=0, num_gpus=1):
+        super().__init__(opts, device, rank, num_gpus)
+        self.with_dataaug = bool(opts.get('with_dataaug', False))
+        self.fixed_p = opts.get('apa_fixed_p')
+        self.pseudo = None          # [N, C, H, W] detached fakes of the latest Gmain
+        self.augment_pipe = None
+        if self.with_dataaug:
+            from training import augment
+            spec = augment.augpipe_specs[opts.get('augpipe') or 'bgc']
+            self.augment_pipe = augment.AugmentPipe(**spec).train().requires_grad_(False).to(device)
+            self.p = self.augment_pipe.p            # one shared p (APA ref behaviour)
+        else:
+            self.p = torch.zeros([], device=device)
+        self.p.fill_(0.0 if self.fixed_p is None else float(self.fixed_p))
+        self.controller = None
+        if self.fixed_p is None:
+            self.controller = AdaptiveP(self.p, target=opts.get('target') or 0.6,
+                                        speed_kimg=opts.get('ada_kimg') or 500, interval=4,
+                                        stat_name='Loss/signs/real')
+
+    def extra_loss(self, phase, ctx):
+        # Capture, not a loss: the fakes G just produced become the next pseudo batch.
+        if phase in GEN_PHASES and ctx.gen_img is not None:
+            self.pseudo = ctx.gen_img.detach()
+        return None
+
+    def replace_real_batch(self, real_img, phase):
+        if phase not in REAL_PHASES:
+            return real_img
+        p = float(self.p)
+        if p <= 0:
+            return real_img
+        flags = torch.rand([real_img.shape[0]], device=real_img.device) < p
+        training_stats.report('APA/replaced_fraction', flags.float())
+        if not bool(flags.any()):
+            return real_img
+        if self.pseudo is None:
+            raise RuntimeError('APA: real samples are to be replaced but no Gmain fakes exist yet; '
+                               'the Gmain phase must run before Dmain/Dreg in each iteration')
+        pseudo = match_batch(self.pseudo, real_img.shape[0]).to(real_img.device)
+        return mix_batches(real_img, pseudo, flags)
+
+    def augment_D_input(self, img, is_real, phase):
+        if self.augment_pipe is None:
+            return img
+        return self.augment_pipe(img)
+
+    def end_of_iteration(self, state, stats):
+        if self.controller is not None:
+            self.controller.update(state.batch_idx, state.batch_size)
+
+    def report_stats(self):
+        training_stats.report0('Progress/augment', float(self.p))
+
+    def state_for_snapshot(self):
+        return dict(p=float(self.p),
+                    controller=None if self.controller is None else self.controller.state_dict())
+
+    def load_state(self, state):
+        # Only p is restored: the controller's target and speed come from this run's options
+        # (ada_kimg is 100 when resuming).
+        if state.get('p') is not None:
+            self.p.fill_(float(state['p']))
