@@ -72,6 +72,14 @@ def persistent_class(orig_class):
         def init_kwargs(self):
             return dnnlib.EasyDict(copy.deepcopy(self._init_kwargs))
 
+        def __deepcopy__(self, memo):
+            # Copy the state directly: keeps the class identity and skips the source lookup.
+            cls = type(self)
+            obj = cls.__new__(cls)
+            memo[id(self)] = obj
+            _set_state(obj, copy.deepcopy(self.__getstate__(), memo))
+            return obj
+
         def __reduce__(self):
             # An undecorated subclass of a persistent class must not be re-created as its base.
             if type(self) is not Decorator:
@@ -136,12 +144,15 @@ def _reconstruct_persistent_obj(meta):
         raise pickle.UnpicklingError(f'Embedded source does not define class "{meta.class_name}"')
     decorator_class = persistent_class(module.__dict__[meta.class_name])
     obj = decorator_class.__new__(decorator_class)
+    _set_state(obj, meta.state)
+    return obj
+
+def _set_state(obj, state):
     setstate = getattr(obj, '__setstate__', None)
     if callable(setstate):
-        setstate(meta.state)
+        setstate(state)
     else:
-        obj.__dict__.update(meta.state)
-    return obj
+        obj.__dict__.update(state)
 
 #----------------------------------------------------------------------------
 
@@ -156,7 +167,12 @@ def _module_to_src(module, required=True):
                 raise
             return None
         _module_to_src_dict[module] = src
-        _src_to_module_dict.setdefault(_src_key(src), module)
+        # Identical source in several modules (a module re-imported under another name):
+        # keep mapping to one that is still imported.
+        key = _src_key(src)
+        existing = _src_to_module_dict.get(key, None)
+        if existing is None or sys.modules.get(existing.__name__, None) is not existing:
+            _src_to_module_dict[key] = module
     return src
 
 def _src_key(src):
