@@ -97,10 +97,10 @@ def profiled_function(fn):
 class InfiniteSampler(torch.utils.data.Sampler):
     """Endless index stream for a DataLoader, sharded across ranks.
 
-    With shuffle=True the first pass is a random permutation (by `seed`); afterwards each
-    visited index swaps with a random recent one (within `window_size` * len), so later
-    passes reshuffle gradually without epoch boundaries. Rank r takes every
-    num_replicas-th index of the global stream starting at r.
+    With shuffle=True the stream is a sequence of passes, each a permutation of all indices:
+    the first by `seed`, and after visiting a position its index swaps with a random one
+    among the last `window_size` * len positions visited, so each pass reorders the last.
+    Rank r takes every num_replicas-th index of the global stream starting at r.
     """
 
     def __init__(self, dataset, rank=0, num_replicas=1, shuffle=True, seed=0, window_size=0.5):
@@ -133,7 +133,9 @@ class InfiniteSampler(torch.utils.data.Sampler):
             if idx % self.num_replicas == self.rank:
                 yield int(order[i])
             if window >= 2:
-                j = (i - rnd.randint(window)) % order.size
+                # Swap only with positions already visited in this pass, so every pass
+                # over the data is an exact permutation and later passes differ.
+                j = i - rnd.randint(min(window, i + 1))
                 order[i], order[j] = order[j], order[i]
             idx += 1
 

@@ -1,0 +1,145 @@
+"""torch_utils.misc: sampler, parameter copying, shape assertions, constants, module summary."""
+
+import itertools
+
+import pytest
+import torch
+
+from torch_utils import misc
+
+#----------------------------------------------------------------------------
+
+def _take(sampler, n):
+    return list(itertools.islice(iter(sampler), n))
+
+def test_infinite_sampler_every_pass_is_a_permutation():
+    data = list(range(37))
+    stream = _take(misc.InfiniteSampler(data, seed=3), 37 * 6)
+    passes = [stream[k * 37:(k + 1) * 37] for k in range(6)]
+    for p in passes:
+        assert sorted(p) == data
+    assert passes[0] != data # shuffled
+    assert all(p != q for p, q in zip(passes, passes[1:])) # reshuffled between passes
+    assert all(isinstance(i, int) for i in stream)
+
+def test_infinite_sampler_deterministic_by_seed():
+    data = range(50)
+    a = _take(misc.InfiniteSampler(data, seed=1), 200)
+    b = _take(misc.InfiniteSampler(data, seed=1), 200)
+    c = _take(misc.InfiniteSampler(data, seed=2), 200)
+    assert a == b and a != c
+    assert _take(misc.InfiniteSampler(data, shuffle=False), 120) == list(range(50)) * 2 + list(range(20))
+
+def test_infinite_sampler_sharded_by_rank():
+    data = range(30)
+    full = _take(misc.InfiniteSampler(data, seed=5), 90)
+    shards = [_take(misc.InfiniteSampler(data, rank=r, num_replicas=3, seed=5), 30) for r in range(3)]
+    for r in range(3):
+        assert shards[r] == full[r::3]
+    assert sorted(itertools.chain(*(s[:10] for s in shards))) == list(range(30))
+
+def test_infinite_sampler_with_dataloader():
+    data = torch.arange(10).float()
+    loader = torch.utils.data.DataLoader(data, sampler=misc.InfiniteSampler(data, seed=0), batch_size=5)
+    it = iter(loader)
+    batches = torch.cat([next(it), next(it)])
+    assert sorted(batches.long().tolist()) == list(range(10))
+
+def test_infinite_sampler_rejects_bad_arguments():
+    with pytest.raises(ValueError, match='empty'):
+        misc.InfiniteSampler([])
+    with pytest.raises(ValueError, match='rank'):
+        misc.InfiniteSampler(range(4), rank=2, num_replicas=2)
+
+#----------------------------------------------------------------------------
+
+class _Net(torch.nn.Module):
+    def __init__(self, extra=False):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+        self.register_buffer('avg', torch.zeros(2))
+        if extra:
+            self.extra = torch.nn.Parameter(torch.zeros(4))
+
+def test_copy_params_and_buffers():
+    torch.manual_seed(0)
+    src, dst = _Net(), _Net(extra=True)
+    src.avg.fill_(7)
+    dst.fc.weight.requires_grad_(False)
+    missing = misc.copy_params_and_buffers(src, dst)
+    assert missing == ['extra']
+    assert torch.equal(dst.fc.weight, src.fc.weight) and torch.equal(dst.fc.bias, src.fc.bias)
+    assert torch.equal(dst.avg, torch.full([2], 7.0))
+    assert dst.fc.weight.requires_grad is False and dst.fc.bias.requires_grad is True
+    assert dst.fc.weight.data_ptr() != src.fc.weight.data_ptr()
+    with pytest.raises(KeyError, match='extra'):
+        misc.copy_params_and_buffers(src, dst, require_all=True)
+    other = _Net()
+    other.fc = torch.nn.Linear(3, 5)
+    with pytest.raises(ValueError, match='fc.weight'):
+        misc.copy_params_and_buffers(other, dst)
+
+def test_params_and_buffers():
+    net = _Net()
+    names = [n for n, _ in misc.named_params_and_buffers(net)]
+    assert names == ['fc.weight', 'fc.bias', 'avg']
+    assert len(misc.params_and_buffers(net)) == 3
+
+#----------------------------------------------------------------------------
+
+def test_assert_shape():
+    x = torch.zeros(2, 3, 4)
+    misc.assert_shape(x, [2, 3, 4])
+    misc.assert_shape(x, [None, 3, None])
+    with pytest.raises(AssertionError, match='dimension 1: got 3, expected 5'):
+        misc.assert_shape(x, [None, 5, 4])
+    with pytest.raises(AssertionError, match='number of dimensions: got 3'):
+        misc.assert_shape(x, [2, 3])
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_assert_shape_while_tracing():
+    def f(x):
+        misc.assert_shape(x, [None, 3])
+        return x * 2
+    traced = torch.jit.trace(f, torch.zeros(2, 3), check_trace=False)
+    assert torch.equal(traced(torch.ones(4, 3)), torch.full([4, 3], 2.0))
+
+def test_constant_is_cached():
+    a = misc.constant([1, 2, 3], dtype=torch.float32)
+    b = misc.constant([1, 2, 3], dtype=torch.float32)
+    assert a is b and a.tolist() == [1.0, 2.0, 3.0]
+    c = misc.constant(0.5, shape=[2, 3])
+    assert c.shape == (2, 3) and c.is_contiguous() and (c == 0.5).all()
+    assert misc.constant([1, 2, 3], dtype=torch.float64) is not a
+    with torch.inference_mode():
+        d = misc.constant([4.0, 5.0])
+    assert not d.is_inference() # usable by autograd later
+
+def test_nan_to_num():
+    x = torch.tensor([float('nan'), float('inf'), -float('inf'), 1.0])
+    assert misc.nan_to_num(x, posinf=9, neginf=-9).tolist() == [0.0, 9.0, -9.0, 1.0]
+
+def test_profiled_function_keeps_name_and_result():
+    @misc.profiled_function
+    def add_one(x):
+        return x + 1
+    assert add_one.__name__ == 'add_one'
+    assert add_one(torch.tensor(1)).item() == 2
+
+def test_ddp_helpers_without_distributed():
+    net = _Net()
+    with misc.ddp_sync(net, sync=False):
+        pass
+    misc.check_ddp_consistency(net) # no process group: nothing to compare
+
+def test_print_module_summary(capsys):
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    out = misc.print_module_summary(net, [torch.zeros(5, 3)])
+    assert out.shape == (5, 2)
+    text = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    assert lines['0'][1:4] == ['16', '-', '[5,'] # 3*4+4 parameters
+    assert lines['2'][1] == '10'
+    assert lines['Total'][1:3] == ['26', '0']
+
+#----------------------------------------------------------------------------
