@@ -1,0 +1,230 @@
+"""Re-GAN (Saxena et al. 2023): alternate sparse and dense phases of G during one run. In a
+sparse phase the smallest-magnitude fraction of every G tensor is zeroed and frozen; in a dense
+phase everything regrows at a tenth of the learning rate (methods.md section 7). D is never pruned.
+
+DDP: each rank computes its masks from its own copy of G's weights; DDP keeps those weights
+identical on every rank, so the masks are identical too and need no broadcast.
+"""
+
+import re
+
+import numpy as np
+import torch
+
+from plugins import Option, Plugin, register
+from torch_utils import training_stats
+
+WARMUP, SPARSE, DENSE = 'warmup', 'sparse', 'dense'
+PHASE_CODES = {WARMUP: 0, SPARSE: 1, DENSE: 2}  # numeric form for the stats
+DENSE_LR_FACTOR = 0.1
+
+#----------------------------------------------------------------------------
+# Pure functions: schedule and masks.
+
+def schedule(it, warmup, g, ref_extra_sparse_iter=False):
+    """Mode and LR factor of iteration `it` (0-based G steps).
+
+    warm-up (dense, LR x1) for `warmup` iterations, then sparse (x1) and dense (x0.1) phases of
+    `g` iterations each, alternating. ref_extra_sparse_iter: the StyleGAN2 ref's flag counter
+    makes the first sparse phase g+1 iterations long.
+    """
+    if it < warmup:
+        return WARMUP, 1.0
+    t = it - warmup
+    if ref_extra_sparse_iter:
+        if t <= g:
+            return SPARSE, 1.0
+        t -= 1
+    if (t // g) % 2 == 0:
+        return SPARSE, 1.0
+    return DENSE, DENSE_LR_FACTOR
+
+def linear_quantile(values, q):
+    """q-quantile of a 1-D tensor with linear interpolation (torch.quantile semantics, no size limit)."""
+    v = values.flatten().sort().values
+    pos = q * (v.numel() - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, v.numel() - 1)
+    frac = pos - lo
+    return v[lo] + (v[hi] - v[lo]) * frac
+
+def magnitude_mask(weight, sparsity):
+    """Boolean mask of the pruned entries: |w| < quantile(|w|, sparsity) (strict, as in the ref)."""
+    w = weight.detach().abs().float()
+    return w < linear_quantile(w, sparsity)
+
+def select_params(module, exclude='torgb', skip_bias=False):
+    """Names of the parameters Re-GAN covers: all but those matching `exclude` (regex search);
+    with skip_bias also biases and 1-element tensors."""
+    pattern = re.compile(exclude) if exclude else None
+    names = []
+    for name, param in module.named_parameters():
+        if pattern is not None and pattern.search(name):
+            continue
+        if skip_bias and (name.endswith('bias') or param.numel() == 1):
+            continue
+        names.append(name)
+    return names
+
+def uses_per_image(name, param):
+    """How often one weight entry is used per generated image: the output pixel count of the
+    block for synthesis conv kernels, once for everything else (FC weights, affines)."""
+    m = re.search(r'synthesis\.b(\d+)\.', name)
+    if m and param.ndim == 4:
+        return int(m.group(1)) ** 2
+    return 1
+
+#----------------------------------------------------------------------------
+
+@register('regan')
+class ReGANPlugin(Plugin):
+    options = [
+        Option('regan-sparsity', type=float, default=0.3, help='Re-GAN: fraction of each G tensor pruned in sparse phases [default: 0.3]'),
+        Option('regan-g', type=int, default=5000, help='Re-GAN: length of each sparse and dense phase, in iterations [default: 5000]'),
+        Option('regan-warmup', type=int, default=10000, help='Re-GAN: dense warm-up iterations before the first sparse phase [default: 10000]'),
+        Option('regan-refresh', type=str, default='every_step',
+               help='Re-GAN: recompute masks on every sparse iteration (every_step, StyleGAN2 ref) or only when a sparse phase starts (phase_start)'),
+        Option('regan-exclude', type=str, default='torgb', help='Re-GAN: regex of G parameter names never pruned [default: torgb]'),
+        Option('regan-skip-bias', type=bool, default=False, help='Re-GAN: also leave biases and 1-element tensors dense [default: false]'),
+        Option('regan-ref-extra-sparse-iter', type=bool, default=False,
+               help='Re-GAN: make the first sparse phase g+1 iterations long, like the StyleGAN2 ref [default: false]'),
+    ]
+
+    @classmethod
+    def validate(cls, aug, methods, opts):
+        s = opts.get('regan_sparsity')
+        if s is None or not 0 <= s < 1:
+            raise ValueError(f'--regan-sparsity must be in [0, 1), got {s}')
+        if (opts.get('regan_g') or 0) < 1:
+            raise ValueError(f'--regan-g must be a positive number of iterations, got {opts.get("regan_g")}')
+        if (opts.get('regan_warmup') or 0) < 0:
+            raise ValueError(f'--regan-warmup must be >= 0, got {opts.get("regan_warmup")}')
+        if opts.get('regan_refresh') not in ('every_step', 'phase_start'):
+            raise ValueError(f'--regan-refresh must be every_step or phase_start, got {opts.get("regan_refresh")}')
+        try:
+            re.compile(opts.get('regan_exclude') or '')
+        except re.error as e:
+            raise ValueError(f'--regan-exclude is not a valid regex: {e}')
+
+    @classmethod
+    def describe(cls, opts):
+        return f'regan-s{opts["regan_sparsity"]:g}-g{opts["regan_g"]}'
+
+    def __init__(self, opts, device, rank=0, num_gpus=1):
+        super().__init__(opts, device, rank, num_gpus)
+        self.sparsity = float(opts['regan_sparsity'])
+        self.g = int(opts['regan_g'])
+        self.warmup = int(opts['regan_warmup'])
+        self.refresh = opts.get('regan_refresh') or 'every_step'
+        self.exclude = opts.get('regan_exclude', 'torgb')
+        self.skip_bias = bool(opts.get('regan_skip_bias'))
+        self.ref_extra = bool(opts.get('regan_ref_extra_sparse_iter'))
+        self.masks = {}             # name -> bool tensor, True = pruned
+        self.mode = WARMUP
+        self.lr_factor = 1.0
+        self.G_lr = None            # the Gmain LR in force, for the stats
+        self.G = None
+
+    # --- masks ------------------------------------------------------------------------------
+
+    def attach(self, G):
+        """Bind to the training G and create all-False masks for the covered parameters."""
+        self.G = G
+        self.params = dict(G.named_parameters())
+        names = select_params(G, self.exclude, self.skip_bias)
+        self.masks = {name: torch.zeros_like(self.params[name], dtype=torch.bool) for name in names}
+
+    def update_masks(self):
+        """Recompute every mask from the current weights and zero the pruned weights."""
+        for name in self.masks:
+            self.masks[name] = magnitude_mask(self.params[name], self.sparsity)
+        self.zero_weights(self.params)
+
+    @torch.no_grad()
+    def zero_weights(self, params):
+        for name, mask in self.masks.items():
+            params[name].masked_fill_(mask.to(params[name].device), 0)
+
+    @torch.no_grad()
+    def zero_grads(self):
+        for name, mask in self.masks.items():
+            grad = self.params[name].grad
+            if grad is not None:
+                grad.masked_fill_(mask.to(grad.device), 0)
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    def setup(self, G, D, G_ema, ctx):
+        self.attach(G)
+
+    def on_iteration_start(self, state):
+        prev_mode = self.mode
+        self.mode, self.lr_factor = schedule(state.batch_idx, self.warmup, self.g, self.ref_extra)
+        for phase in state.phases:
+            if phase.name.startswith('G') and phase.opt is not None:
+                for group in phase.opt.param_groups:
+                    group['lr'] = phase.lr * self.lr_factor
+        entering = self.mode == SPARSE and prev_mode != SPARSE
+        if self.mode == SPARSE and (self.refresh == 'every_step' or entering or not self.any_pruned()):
+            self.update_masks()
+
+    def after_backward(self, phase, module):
+        if self.mode == SPARSE and phase.startswith('G'):
+            self.zero_grads()
+            self.zero_weights(self.params)
+
+    def after_step(self, phase, module):
+        if self.mode == SPARSE and phase.startswith('G'):
+            self.zero_weights(self.params)
+
+    def before_ema(self, G, G_ema):
+        if self.mode == SPARSE:
+            self.zero_weights(dict(G_ema.named_parameters()))
+
+    # --- stats and state --------------------------------------------------------------------
+
+    def any_pruned(self):
+        return any(bool(m.any()) for m in self.masks.values())
+
+    def sparsity_stats(self):
+        """(per-tensor pruned fraction, overall fraction, MACs saved per image, fraction of covered MACs)."""
+        active = self.mode == SPARSE
+        per_tensor, pruned, total, macs_saved, macs_total = {}, 0, 0, 0, 0
+        for name, mask in self.masks.items():
+            n_pruned = int(mask.sum()) if active else 0
+            per_tensor[name] = n_pruned / mask.numel()
+            pruned += n_pruned
+            total += mask.numel()
+            if name.endswith('weight'):
+                uses = uses_per_image(name, self.params[name])
+                macs_saved += n_pruned * uses
+                macs_total += mask.numel() * uses
+        return per_tensor, pruned / max(total, 1), macs_saved, macs_saved / max(macs_total, 1)
+
+    def report_stats(self):
+        per_tensor, overall, macs_saved, macs_frac = self.sparsity_stats()
+        training_stats.report0('ReGAN/phase', PHASE_CODES[self.mode])
+        training_stats.report0('ReGAN/lr_factor', self.lr_factor)
+        if self.G_lr is not None:
+            training_stats.report0('ReGAN/G_lr', self.G_lr)
+        training_stats.report0('ReGAN/sparsity', overall)
+        training_stats.report0('ReGAN/macs_saved_per_image', macs_saved)
+        training_stats.report0('ReGAN/macs_saved_fraction', macs_frac)
+        for name, frac in per_tensor.items():
+            training_stats.report0(f'ReGAN/sparsity/{name}', frac)
+
+    def end_of_iteration(self, state, stats):
+        for phase in state.phases:
+            if phase.name in ('Gmain', 'Gboth') and phase.opt is not None:
+                self.G_lr = phase.opt.param_groups[0]['lr']
+
+    def state_for_snapshot(self):
+        return dict(mode=self.mode, lr_factor=self.lr_factor,
+                    masks={name: mask.cpu().clone() for name, mask in self.masks.items()})
+
+    def load_state(self, state):
+        self.mode = state.get('mode', self.mode)
+        self.lr_factor = state.get('lr_factor', self.lr_factor)
+        for name, mask in state.get('masks', {}).items():
+            if name in self.masks and mask.shape == self.masks[name].shape:
+                self.masks[name] = mask.to(self.masks[name].device)
