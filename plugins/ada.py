@@ -1,0 +1,138 @@
+"""The base augmentation family chosen with --aug (methods.md section 1):
+'ada' (adaptive p), 'fixed' (constant p) and 'noaug' (no augmentation).
+"""
+
+import torch
+
+from plugins import AdaptiveP, Plugin, register
+from torch_utils import training_stats
+
+DEFAULT_TARGET = 0.6
+DEFAULT_AUGPIPE = 'bgc'
+ADA_INTERVAL = 4
+
+def _augpipe_names():
+    from training.augment import augpipe_specs
+    return sorted(augpipe_specs)
+
+def _check_augpipe(opts):
+    name = opts.get('augpipe')
+    if name is not None and name not in _augpipe_names():
+        raise ValueError(f'unknown --augpipe "{name}"; choose one of: {", ".join(_augpipe_names())}')
+
+def build_augment_pipe(augpipe, device):
+    """AugmentPipe for a preset name, in training mode, with p = 0 and no trainable parameters."""
+    from training.augment import AugmentPipe, augpipe_specs
+    pipe = AugmentPipe(**augpipe_specs[augpipe]).train().requires_grad_(False).to(device)
+    pipe.p.zero_()
+    return pipe
+
+#----------------------------------------------------------------------------
+
+class _AugmentBase(Plugin):
+    """Shared by 'ada' and 'fixed': owns the AugmentPipe that becomes the snapshot's augment_pipe."""
+    kind = 'aug'
+    order = 20
+    provides_augment_pipe = True
+
+    def __init__(self, opts, device, rank=0, num_gpus=1):
+        super().__init__(opts, device, rank, num_gpus)
+        self.augment_pipe = build_augment_pipe(opts.get('augpipe') or DEFAULT_AUGPIPE, device)
+
+    def augment_D_input(self, img, is_real, phase):
+        return self.augment_pipe(img)
+
+    def report_stats(self):
+        training_stats.report0('Progress/augment', float(self.augment_pipe.p))
+
+    def state_for_snapshot(self):
+        return dict(p=float(self.augment_pipe.p))
+
+    def load_state(self, state):
+        if 'p' in state:
+            self.augment_pipe.p.fill_(float(state['p']))
+
+@register('ada')
+class ADA(_AugmentBase):
+    """Adaptive p: every 4 iterations p moves by sign(E[sign(D(real))] - target) * B * 4 / (ada_kimg * 1000)."""
+
+    def __init__(self, opts, device, rank=0, num_gpus=1):
+        super().__init__(opts, device, rank, num_gpus)
+        target = opts.get('target')
+        self.controller = AdaptiveP(self.augment_pipe.p, target=DEFAULT_TARGET if target is None else target,
+                                    speed_kimg=opts.get('ada_kimg') or 500, interval=ADA_INTERVAL,
+                                    stat_name='Loss/signs/real')
+
+    @classmethod
+    def validate(cls, aug, methods, opts):
+        if opts.get('p') is not None:
+            raise ValueError('--p can only be given with --aug=fixed (ada adapts p itself; use --target to steer it)')
+        target = opts.get('target')
+        if target is not None and not 0 <= target <= 1:
+            raise ValueError(f'--target must be between 0 and 1, got {target}')
+        _check_augpipe(opts)
+
+    @classmethod
+    def describe(cls, opts):
+        desc = 'ada'
+        if opts.get('target') is not None and opts['target'] != DEFAULT_TARGET:
+            desc += f'-target{opts["target"]:g}'
+        if (opts.get('augpipe') or DEFAULT_AUGPIPE) != DEFAULT_AUGPIPE:
+            desc += f'-{opts["augpipe"]}'
+        return desc
+
+    def end_of_iteration(self, state, stats):
+        self.controller.update(state.batch_idx, state.batch_size)
+
+    def state_for_snapshot(self):
+        return dict(p=float(self.augment_pipe.p), controller=self.controller.state_dict())
+
+    def load_state(self, state):
+        super().load_state(state)
+        if 'controller' in state:
+            self.controller.load_state_dict(state['controller'])
+
+@register('fixed')
+class FixedP(_AugmentBase):
+    """Constant p = --p."""
+
+    def __init__(self, opts, device, rank=0, num_gpus=1):
+        super().__init__(opts, device, rank, num_gpus)
+        self.augment_pipe.p.fill_(float(opts['p']))
+
+    @classmethod
+    def validate(cls, aug, methods, opts):
+        p = opts.get('p')
+        if p is None:
+            raise ValueError('--aug=fixed needs --p=P (the constant augmentation probability, 0 <= P <= 1)')
+        if not 0 <= p <= 1:
+            raise ValueError(f'--p must be between 0 and 1, got {p}')
+        if opts.get('target') is not None:
+            raise ValueError('--target can only be given with --aug=ada (fixed keeps p constant)')
+        _check_augpipe(opts)
+
+    @classmethod
+    def describe(cls, opts):
+        desc = f'fixed-p{opts["p"]:g}'
+        if (opts.get('augpipe') or DEFAULT_AUGPIPE) != DEFAULT_AUGPIPE:
+            desc += f'-{opts["augpipe"]}'
+        return desc
+
+    def load_state(self, state):
+        pass    # p is the command-line constant, not the resumed value
+
+@register('noaug')
+class NoAug(Plugin):
+    """No augmentation: D sees the images as they are."""
+    kind = 'aug'
+    order = 20
+
+    @classmethod
+    def validate(cls, aug, methods, opts):
+        for key in ['p', 'target', 'augpipe']:
+            if opts.get(key) is not None:
+                raise ValueError(f'--{key} has no effect with --aug=noaug; drop it or choose --aug=ada / --aug=fixed')
+
+    @classmethod
+    def describe(cls, opts):
+        return 'noaug'
