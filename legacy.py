@@ -1,0 +1,469 @@
+"""Loading network files of every kind, and the safe export format.
+
+Accepts our snapshots, network pickles written by stylegan2-ada-pytorch (their embedded
+source runs against our `torch_utils`, then the networks are rebuilt as our own classes with
+the weights copied by name), and the safe format: `<name>.safetensors` (tensors only) plus
+`<name>.json` (class paths and constructor keywords), which executes nothing but our own
+importable classes. `python legacy.py --source snap.pkl --dest out` writes the safe format.
+"""
+
+import copy
+import io
+import json
+import os
+import pickle
+import struct
+
+import click
+import torch
+
+import dnnlib
+from torch_utils import misc
+from torch_utils import persistence
+
+#----------------------------------------------------------------------------
+
+NETWORK_KEYS = ('G', 'D', 'G_ema', 'augment_pipe')
+SAFE_FORMAT = 'gan-toolkit-safe-networks'
+SAFE_VERSION = 1
+SAFE_MODULE_PREFIXES = ('training.', 'plugins.') # the only code the safe loader will construct
+
+# Our class for each class name found in a pickle (upstream names are the same).
+_OUR_CLASSES = {
+    'Generator': 'training.networks.Generator',
+    'Discriminator': 'training.networks.Discriminator',
+    'MappingNetwork': 'training.networks.MappingNetwork',
+    'SynthesisNetwork': 'training.networks.SynthesisNetwork',
+    'AugmentPipe': 'training.augment.AugmentPipe',
+}
+
+class InvalidSnapshotError(ValueError):
+    """A network file that cannot be read (truncated, corrupted, wrong kind of file)."""
+
+class UnsafeFormatError(ValueError):
+    """A pickle was given where only the safe format is allowed."""
+
+#----------------------------------------------------------------------------
+# Entry points.
+
+def load_network(path_or_url, safe=False, verbose=True, force_fp16=False):
+    """Load a network file (path or URL) into a dict with G, D, G_ema, augment_pipe, training_set_kwargs.
+
+    The kind of file is recognised by its content: a pickle (our snapshot or an upstream
+    one) or the safe format (`x.safetensors` with `x.json` beside it; either name works).
+    safe=True refuses pickles, which can execute arbitrary code when loaded.
+    """
+    path = str(path_or_url)
+    if path.endswith('.json') or path.endswith('.safetensors'):
+        return load_safe(path, verbose=verbose)
+    with dnnlib.util.open_url(path, verbose=verbose) as f:
+        head = f.read(16)
+        f.seek(0)
+        if _looks_like_safetensors(head):
+            return load_safe(path, verbose=verbose)
+        if safe:
+            raise UnsafeFormatError(
+                f'Refusing to load "{path}" with safe=True: it is a pickle, and loading a pickle can execute '
+                f'arbitrary code. Convert it once where you trust it: python legacy.py --source {path} --dest NAME, '
+                f'then load NAME.safetensors.')
+        return load_network_pkl(f, force_fp16=force_fp16, verbose=verbose, name=path)
+
+def load_network_pkl(f, force_fp16=False, verbose=True, name=None):
+    """Read a network pickle from an open binary file; returns the snapshot dict.
+
+    Every key of the pickle is kept; G, D, G_ema, augment_pipe and training_set_kwargs are
+    added as None when absent. Networks whose class is not our current one (upstream
+    pickles, snapshots of older code) are rebuilt as our classes when every tensor maps by
+    name; otherwise the pickled object is kept and the unmapped names are reported.
+    force_fp16: rebuild G / D with num_fp16_res=4, conv_clamp=256.
+    """
+    name = name or getattr(f, 'name', None) or 'network pickle'
+    head = f.read(16)
+    if getattr(f, 'seekable', lambda: False)():
+        f.seek(0)
+    else:
+        f = io.BufferedReader(_PrefixedReader(head, f))
+    if _looks_like_safetensors(head):
+        if not isinstance(getattr(f, 'name', None), str):
+            raise InvalidSnapshotError(f'{name} is a safetensors file: load it with legacy.load_network(path)')
+        return load_safe(f.name, verbose=verbose)
+    if verbose:
+        print(f'Loading {name}: a pickle, which can execute code; load only files you trust '
+              f'(safe alternative: python legacy.py --source FILE --dest NAME, then load NAME.safetensors).')
+    data = _unpickle(f, name)
+    data = _as_snapshot_dict(data, name)
+    for key in ('G', 'D', 'G_ema', 'augment_pipe'):
+        if data[key] is not None:
+            data[key] = _to_our_class(data[key], key, verbose)
+    if force_fp16:
+        for key in ('G', 'D', 'G_ema'):
+            if data[key] is not None:
+                data[key] = _with_fp16(data[key], key)
+    return data
+
+#----------------------------------------------------------------------------
+# Pickles.
+
+class _PrefixedReader(io.RawIOBase):
+    """Re-attach bytes already read from a non-seekable stream."""
+    def __init__(self, prefix, f):
+        self._prefix, self._f = prefix, f
+    def readable(self):
+        return True
+    def readinto(self, b):
+        if self._prefix:
+            n = min(len(b), len(self._prefix))
+            b[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._f.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+def _looks_like_safetensors(head):
+    """safetensors: 8-byte little-endian header length, then the JSON header."""
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack('<Q', head[:8])
+    return 2 <= n < (1 << 31) and head[8:9] == b'{'
+
+def _unpickle(f, name):
+    try:
+        return pickle.load(f)
+    except ModuleNotFoundError as e:
+        if e.name is not None and e.name.startswith('dnnlib.tflib'):
+            raise InvalidSnapshotError(f'{name} is a TensorFlow network pickle (stylegan2 / stylegan2-ada TF); '
+                                       f'convert it to a PyTorch pickle with stylegan2-ada-pytorch first') from e
+        raise InvalidSnapshotError(f'{name} is not a valid network snapshot (truncated or corrupted): '
+                                   f'it refers to a module that does not exist here ({e})') from e
+    except Exception as e: # pickle raises many kinds of errors on damaged data
+        raise InvalidSnapshotError(f'{name} is not a valid network snapshot (truncated or corrupted): '
+                                   f'{type(e).__name__}: {e}') from e
+
+def _as_snapshot_dict(data, name):
+    if not isinstance(data, dict):
+        raise InvalidSnapshotError(f'{name} is not a network snapshot: it holds a {type(data).__name__}, '
+                                   f'expected a dict with G, D, G_ema')
+    data = dict(data)
+    for key in NETWORK_KEYS + ('training_set_kwargs',):
+        data.setdefault(key, None)
+    if not any(isinstance(data[key], torch.nn.Module) for key in ('G', 'D', 'G_ema')):
+        raise InvalidSnapshotError(f'{name} is not a network snapshot: none of G, D, G_ema is a network '
+                                   f'(keys: {", ".join(sorted(map(str, data)))})')
+    for key in NETWORK_KEYS:
+        if data[key] is not None and not isinstance(data[key], torch.nn.Module):
+            raise InvalidSnapshotError(f'{name}: "{key}" is a {type(data[key]).__name__}, not a network')
+    return data
+
+#----------------------------------------------------------------------------
+# Converting pickled networks into our classes.
+
+def _our_class_for(obj):
+    """Our class with the same role as obj's class, or None if there is none to convert to."""
+    class_path = _OUR_CLASSES.get(type(obj).__name__, None)
+    if class_path is None:
+        return None
+    try:
+        return dnnlib.util.get_obj_by_name(class_path)
+    except (ImportError, AttributeError):
+        return None
+
+def _to_our_class(obj, key, verbose):
+    """obj rebuilt as our current class with its tensors copied, or obj itself if that is not faithful."""
+    cls = _our_class_for(obj)
+    if cls is None or type(obj) is cls or not persistence.is_persistent(obj):
+        return obj
+    try:
+        new = cls(*obj.init_args, **obj.init_kwargs)
+    except Exception as e:
+        print(f'Note: {key} ({type(obj).__name__}) kept as pickled: our class does not accept its '
+              f'constructor arguments ({type(e).__name__}: {e})')
+        return obj
+    _transplant_swapped_submodules(obj, new)
+    report = _copy_tensors(obj, new)
+    if report.unused or report.unfilled_params or report.shape_mismatch:
+        print(f'Note: {key} ({type(obj).__name__}) kept as pickled, because its tensors do not map one-to-one '
+              f'onto {cls.__module__}.{cls.__name__}: ' + report.describe())
+        return obj
+    if report.unfilled_buffers and verbose:
+        print(f'Note: {key}: buffers left at their initial value: {", ".join(report.unfilled_buffers)}')
+    new.train(obj.training)
+    return new
+
+def _transplant_swapped_submodules(src, dst):
+    """Where src holds a submodule of another class than dst's constructor built (a plugin
+    swapped it, e.g. G.mapping.embed), put (a copy of) src's submodule into dst."""
+    for name, src_child in list(src.named_children()):
+        dst_child = dst._modules.get(name, None)
+        if dst_child is None or type(dst_child).__name__ != type(src_child).__name__:
+            setattr(dst, name, copy.deepcopy(src_child))
+        else:
+            _transplant_swapped_submodules(src_child, dst_child)
+
+class _CopyReport(dnnlib.EasyDict):
+    def describe(self):
+        parts = []
+        if self.unused:
+            parts.append(f'not in our class: {", ".join(self.unused)}')
+        if self.unfilled_params:
+            parts.append(f'missing from the pickle: {", ".join(self.unfilled_params)}')
+        if self.shape_mismatch:
+            parts.append(f'different shapes: {", ".join(self.shape_mismatch)}')
+        return '; '.join(parts)
+
+@torch.no_grad()
+def _copy_tensors(src, dst):
+    """Copy parameters and buffers by name; report what did not map."""
+    src_tensors = dict(misc.named_params_and_buffers(src))
+    dst_params = {name for name, _ in dst.named_parameters()}
+    report = _CopyReport(unused=[], unfilled_params=[], unfilled_buffers=[], shape_mismatch=[], copied=0)
+    used = set()
+    for name, tensor in misc.named_params_and_buffers(dst):
+        if name not in src_tensors:
+            (report.unfilled_params if name in dst_params else report.unfilled_buffers).append(name)
+            continue
+        used.add(name)
+        value = src_tensors[name]
+        if value.shape != tensor.shape:
+            report.shape_mismatch.append(f'{name} {list(value.shape)} vs {list(tensor.shape)}')
+            continue
+        tensor.copy_(value.detach())
+        tensor.requires_grad_(value.requires_grad)
+        report.copied += 1
+    report.unused = [name for name in src_tensors if name not in used]
+    return report
+
+def _with_fp16(module, key):
+    """Rebuild G / D with fp16 in the 4 highest resolutions and conv_clamp=256."""
+    if not persistence.is_persistent(module):
+        return module
+    kwargs = module.init_kwargs
+    if key in ('G', 'G_ema'):
+        kwargs.setdefault('synthesis_kwargs', {})
+        kwargs.synthesis_kwargs = dict(kwargs.synthesis_kwargs, num_fp16_res=4, conv_clamp=256)
+    else:
+        kwargs.num_fp16_res = 4
+        kwargs.conv_clamp = 256
+    if kwargs == module.init_kwargs:
+        return module
+    new = type(module)(*module.init_args, **kwargs)
+    _transplant_swapped_submodules(module, new)
+    misc.copy_params_and_buffers(module, new, require_all=True)
+    new.train(module.training).requires_grad_(False)
+    return new
+
+#----------------------------------------------------------------------------
+# Safe format: tensors in safetensors, structure in JSON.
+
+def _safe_paths(path):
+    base = str(path)
+    for ext in ('.safetensors', '.json'):
+        if base.endswith(ext):
+            base = base[:-len(ext)]
+    return base + '.safetensors', base + '.json'
+
+def _class_path(cls):
+    return f'{cls.__module__}.{cls.__qualname__}'
+
+def _check_whitelisted(class_path):
+    """The class a safe file names, if it is one of our importable network classes."""
+    if not class_path.startswith(SAFE_MODULE_PREFIXES):
+        raise InvalidSnapshotError(f'Safe network file names class "{class_path}"; only classes from '
+                                   f'{", ".join(p + "*" for p in SAFE_MODULE_PREFIXES)} may be constructed')
+    try:
+        cls = dnnlib.util.get_obj_by_name(class_path)
+    except (ImportError, AttributeError) as e:
+        raise InvalidSnapshotError(f'Safe network file names class "{class_path}", which this code does not have ({e})') from e
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__module__.startswith(SAFE_MODULE_PREFIXES)):
+        raise InvalidSnapshotError(f'Safe network file names "{class_path}", which is not a network class of this code')
+    return cls
+
+def _to_json_value(value, where):
+    """JSON form of constructor arguments; tuples are tagged so they come back as tuples."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list,)):
+        return [_to_json_value(v, where) for v in value]
+    if isinstance(value, tuple):
+        return {'__tuple__': [_to_json_value(v, where) for v in value]}
+    if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, str):
+                raise ValueError(f'{where}: dict key {k!r} is not a string; cannot store it in the safe format')
+        if '__tuple__' in value:
+            raise ValueError(f'{where}: the key "__tuple__" is reserved by the safe format')
+        return {k: _to_json_value(v, f'{where}.{k}') for k, v in value.items()}
+    if hasattr(value, 'item') and getattr(value, 'ndim', None) == 0: # numpy / torch scalar
+        return value.item()
+    raise ValueError(f'{where}: a {type(value).__name__} cannot be stored in the safe format (JSON)')
+
+def _from_json_value(value):
+    if isinstance(value, list):
+        return [_from_json_value(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {'__tuple__'}:
+            return tuple(_from_json_value(v) for v in value['__tuple__'])
+        return dnnlib.EasyDict({k: _from_json_value(v) for k, v in value.items()})
+    return value
+
+def _describe_module(module, where):
+    cls = type(module)
+    if not persistence.is_persistent(module):
+        raise ValueError(f'{where} is a {_class_path(cls)}, which does not record its constructor arguments '
+                         f'(not a persistent class); it cannot be stored in the safe format')
+    class_path = _class_path(cls)
+    try:
+        importable = dnnlib.util.get_obj_by_name(class_path) is cls
+    except (ImportError, AttributeError):
+        importable = False
+    if not importable or not class_path.startswith(SAFE_MODULE_PREFIXES):
+        raise ValueError(f'{where} is a {cls.__name__} whose code is not one of our importable modules '
+                         f'({class_path}): load the file with legacy.load_network() first so it is converted')
+    return dict(class_name=class_path,
+                init_args=_to_json_value(module.init_args, f'{where}.init_args'),
+                init_kwargs=_to_json_value(dict(module.init_kwargs), f'{where}.init_kwargs'))
+
+def _build(desc):
+    cls = _check_whitelisted(desc['class_name'])
+    args = _from_json_value(desc.get('init_args', {'__tuple__': []}))
+    kwargs = _from_json_value(desc.get('init_kwargs', {}))
+    return cls(*args, **kwargs)
+
+def _ctor_differs(a, b):
+    """True if two persistent modules were built with different constructor arguments."""
+    if not (persistence.is_persistent(a) and persistence.is_persistent(b)):
+        return False
+    return (_to_json_value(a.init_args, '') != _to_json_value(b.init_args, '') or
+            _to_json_value(dict(a.init_kwargs), '') != _to_json_value(dict(b.init_kwargs), ''))
+
+def _find_swaps(actual, fresh, prefix, out):
+    """Dotted paths where `actual` holds a submodule that the constructor of `fresh` would not
+    build (another class, other constructor arguments, or none at all)."""
+    for name, child in actual._modules.items():
+        path = prefix + name
+        fresh_child = fresh._modules.get(name, None) if fresh is not None else None
+        if child is None:
+            if fresh_child is not None:
+                out.append(dict(path=path, class_name=None))
+            continue
+        if fresh_child is None or type(fresh_child) is not type(child) or _ctor_differs(child, fresh_child):
+            desc = _describe_module(child, path)
+            out.append(dict(path=path, **desc))
+            fresh_child = _build(desc)
+        _find_swaps(child, fresh_child, path + '.', out)
+    if fresh is not None:
+        for name, fresh_child in fresh._modules.items():
+            if name not in actual._modules and fresh_child is not None:
+                out.append(dict(path=prefix + name, class_name=None))
+
+def _apply_swaps(module, swaps):
+    for swap in swaps:
+        *parents, leaf = swap['path'].split('.')
+        parent = module
+        for p in parents:
+            parent = getattr(parent, p)
+        if swap.get('class_name') is None:
+            if leaf in parent._modules:
+                del parent._modules[leaf]
+        else:
+            setattr(parent, leaf, _build(swap))
+
+def export_safe(network_dict, out_path):
+    """Write network_dict's networks as `<out>.safetensors` + `<out>.json`; returns both paths."""
+    import safetensors.torch
+    st_path, json_path = _safe_paths(out_path)
+    tensors = dict()
+    networks = dict()
+    for key in NETWORK_KEYS:
+        module = network_dict.get(key, None)
+        if module is None:
+            continue
+        desc = _describe_module(module, key)
+        swaps = []
+        _find_swaps(module, _build(desc), '', swaps)
+        networks[key] = dict(desc, training=module.training, submodules=swaps,
+                             requires_grad=any(p.requires_grad for p in module.parameters()))
+        for name, value in module.state_dict().items():
+            # clone: safetensors refuses tensors that share memory
+            tensors[f'{key}.{name}'] = value.detach().cpu().contiguous().clone()
+    if not networks:
+        raise ValueError('export_safe: the dict holds none of ' + ', '.join(NETWORK_KEYS))
+    meta = dict(format=SAFE_FORMAT, version=SAFE_VERSION, networks=networks,
+                training_set_kwargs=_to_json_value(network_dict.get('training_set_kwargs', None), 'training_set_kwargs'))
+    out_dir = os.path.dirname(os.path.abspath(st_path))
+    os.makedirs(out_dir, exist_ok=True)
+    safetensors.torch.save_file(tensors, st_path + '.tmp', metadata={'format': SAFE_FORMAT})
+    os.replace(st_path + '.tmp', st_path)
+    with open(json_path + '.tmp', 'w') as f:
+        json.dump(meta, f, indent=1)
+    os.replace(json_path + '.tmp', json_path)
+    return st_path, json_path
+
+def load_safe(path, verbose=True):
+    """Load the safe format (`x.safetensors` + `x.json`, local paths or URLs); executes no pickled code."""
+    import safetensors.torch
+    st_path, json_path = _safe_paths(path)
+    try:
+        json_file = dnnlib.util.open_url(json_path, return_filename=True, verbose=verbose)
+        st_file = dnnlib.util.open_url(st_path, return_filename=True, verbose=verbose)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f'The safe network format needs both {st_path} and {json_path}: {e}') from e
+    try:
+        with open(json_file, 'r') as f:
+            meta = json.load(f)
+        if meta.get('format') != SAFE_FORMAT:
+            raise ValueError(f'"format" is {meta.get("format")!r}, expected {SAFE_FORMAT!r}')
+        if meta.get('version') != SAFE_VERSION:
+            raise ValueError(f'version {meta.get("version")!r} is not supported (this code reads {SAFE_VERSION})')
+        tensors = safetensors.torch.load_file(st_file)
+    except Exception as e:
+        raise InvalidSnapshotError(f'{path} is not a valid network snapshot (truncated or corrupted): '
+                                   f'{type(e).__name__}: {e}') from e
+
+    data = dict((key, None) for key in NETWORK_KEYS)
+    for key, desc in meta['networks'].items():
+        if key not in NETWORK_KEYS:
+            raise InvalidSnapshotError(f'{json_path}: unknown network "{key}"')
+        module = _build(desc)
+        _apply_swaps(module, desc.get('submodules', []))
+        prefix = key + '.'
+        state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise InvalidSnapshotError(f'{st_path} does not match the structure in {json_path} for {key}: '
+                                       f'missing {list(missing)}, unexpected {list(unexpected)}')
+        module.train(bool(desc.get('training', False)))
+        module.requires_grad_(bool(desc.get('requires_grad', False)))
+        data[key] = module
+    data['training_set_kwargs'] = _from_json_value(meta.get('training_set_kwargs', None))
+    return data
+
+#----------------------------------------------------------------------------
+# Command line.
+
+@click.command()
+@click.option('--source', help='Network file to read (pickle, upstream pickle, or safe format; path or URL)', required=True, metavar='PATH')
+@click.option('--dest', help='Output: NAME or NAME.safetensors writes the safe format; NAME.pkl writes a pickle', required=True, metavar='PATH')
+@click.option('--force-fp16', help='Rebuild G and D with fp16 in the 4 highest resolutions', is_flag=True)
+def convert_network(source, dest, force_fp16):
+    """Convert a network file into the safe format (or into a pickle of our own classes).
+
+    \b
+    python legacy.py --source=network-snapshot-000200.pkl --dest=model
+    python legacy.py --source=upstream-ffhq.pkl --dest=ffhq-ours.pkl
+    """
+    data = load_network(source, force_fp16=force_fp16)
+    if dest.endswith('.pkl'):
+        data = {key: data[key] for key in NETWORK_KEYS + ('training_set_kwargs',)}
+        with open(dest + '.tmp', 'wb') as f:
+            pickle.dump(data, f)
+        os.replace(dest + '.tmp', dest)
+        print(f'Wrote {dest}')
+    else:
+        st_path, json_path = export_safe(data, dest)
+        print(f'Wrote {st_path} and {json_path}')
+
+if __name__ == '__main__':
+    convert_network() # pylint: disable=no-value-for-parameter
+
+#----------------------------------------------------------------------------
