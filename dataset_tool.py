@@ -42,7 +42,8 @@ class SkipImage(Exception):
 
 # ----------------------------------------------------------------------------
 # Sources. Each exposes `items` (list of (display name, label or None)), `class_names`
-# (list or None) and `read(i) -> PIL.Image` (decoded; raises SkipImage or a decode error).
+# (list or None), `ignored` (list of (name, reason): files that are not images, reported but
+# never sampled) and `read(i) -> PIL.Image` (decoded; raises SkipImage for unusable files).
 
 
 def _decode(data, name):
@@ -52,7 +53,7 @@ def _decode(data, name):
         img.load()
         return PIL.ImageOps.exif_transpose(img)
     except PIL.UnidentifiedImageError:
-        raise SkipImage('not an image file') from None
+        raise SkipImage('corrupt or not an image (format not recognised)') from None
     except DECODE_ERRORS as e:
         raise SkipImage(f'unreadable image ({e})') from None
 
@@ -75,14 +76,16 @@ class _FileTreeSource:
         names = sorted(n for n in names if n.startswith(prefix) and not n.endswith('/'))
         json_labels = self._load_json_labels(names, origin)
         names = [n for n in names if n != LABEL_FILE and not os.path.basename(n).startswith('.')]
+        self.ignored = [(n, 'not an image file') for n in names if not _is_image_name(n)]
+        names = [n for n in names if _is_image_name(n)]
         if not names:
-            raise ToolError(f'{origin}: no files found' + (f' under {subfolder!r}' if subfolder else ''))
+            raise ToolError(f'{origin}: no image files found' + (f' under {subfolder!r}' if subfolder else ''))
         if json_labels is not None:
             self.class_names = None
             self.items = [(n, json_labels.get(n)) for n in names]
         else:
             parents = [n[len(prefix):].rpartition('/')[0].rpartition('/')[2] for n in names]
-            self.class_names = sorted(set(p for n, p in zip(names, parents) if p and _is_image_name(n))) or None
+            self.class_names = sorted(set(p for p in parents if p)) or None
             index = {c: i for i, c in enumerate(self.class_names or [])}
             self.items = [(n, index.get(p)) for n, p in zip(names, parents)]
 
@@ -99,8 +102,6 @@ class _FileTreeSource:
 
     def read(self, i):
         name = self.items[i][0]
-        if not _is_image_name(name):
-            raise SkipImage('not an image file')
         return _decode(self._read_bytes(name), name)
 
 
@@ -147,6 +148,7 @@ class ListSource:
         if not self.items:
             raise ToolError(f'{path}: the list names no files')
         self.class_names = None
+        self.ignored = []
 
     def read(self, i):
         try:
@@ -192,6 +194,7 @@ class CifarSource:
             self._starts.append(len(self.items))
             self.items += [(f'{os.path.basename(b)}[{j}]', int(lab)) for j, lab in enumerate(labels)]
         self._cached = (None, None)
+        self.ignored = []
 
     def _unpickle(self, member):
         with self._tar.extractfile(member) as f:
@@ -218,6 +221,7 @@ class ShapesSource:
     def __init__(self, count, resolution, seed):
         self._res, self._seed = resolution, seed
         self.class_names = list(SHAPE_CLASSES)
+        self.ignored = []
         self.items = [(f'shapes[{i}]', i % len(SHAPE_CLASSES)) for i in range(count)]
 
     def read(self, i):
@@ -456,7 +460,7 @@ def convert_dataset(source, dest, max_images=None, seed=0, resolution=None, tran
     resample = {'box': PIL.Image.BOX, 'lanczos': PIL.Image.LANCZOS}[resize_filter]
 
     writer = _ZipWriter(dest) if dest.lower().endswith('.zip') else _DirWriter(dest)
-    labels, skipped, first = [], [], None
+    labels, skipped, first = [], list(src.ignored), None
     try:
         bar = _progress(indices, progress)
         for i in bar:
@@ -464,7 +468,7 @@ def convert_dataset(source, dest, max_images=None, seed=0, resolution=None, tran
             try:
                 img = transform_image(convert_channels(src.read(i), keep_channels), transform, size, resample)
             except SkipImage as e:
-                if strict:
+                if strict:  # Only files that should be images count; a README next to them is fine.
                     raise ToolError(f'{name}: {e} (--strict stops at the first bad file)') from None
                 skipped.append((name, str(e)))
                 continue

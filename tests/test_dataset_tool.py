@@ -41,7 +41,8 @@ def save(path, arr, mode=None, **kw):
 
 @pytest.fixture
 def messy_folder(tmp_path):
-    """cat/: two RGB PNGs and a grayscale one; dog/: an RGBA PNG; top level: a truncated PNG and a text file."""
+    """cat/: two RGB PNGs and a grayscale one; dog/: an RGBA PNG and garbage named .jpg; top level: a
+    truncated PNG and a text file."""
     root = tmp_path / 'src'
     rnd = np.random.RandomState(0)
     arrays = {
@@ -58,6 +59,7 @@ def messy_folder(tmp_path):
     PIL.Image.fromarray(rnd.randint(0, 256, [16, 16, 3], dtype=np.uint8)).save(good, format='png')
     (root / 'broken.png').write_bytes(good.getvalue()[:200])  # Truncated mid-IDAT.
     (root / 'notes.txt').write_text('not an image')
+    (root / 'dog' / 'garbage.jpg').write_bytes(bytes(range(256)) * 4)
     return root, arrays
 
 
@@ -67,8 +69,9 @@ def test_folder_to_zip_converts_skips_and_labels(messy_folder, tmp_path):
     result = run('--source', root, '--dest', dest)
     assert result.exit_code == 0, result.output
     assert 'Wrote 4 images (16x16, 3 channels, 2 classes)' in result.output
-    assert 'Skipped 2 files:' in result.output
+    assert 'Skipped 3 files:' in result.output
     assert 'broken.png: unreadable image' in result.output and 'notes.txt: not an image file' in result.output
+    assert 'dog/garbage.jpg: corrupt or not an image' in result.output
 
     names, images, meta = read_zip(dest)
     assert names == [f'00000/img{i:08d}.png' for i in range(4)]
