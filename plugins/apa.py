@@ -40,6 +40,11 @@ class APAPlugin(Plugin):
 
     @classmethod
     def validate(cls, aug, methods, opts):
+        if opts.get('p') is not None:
+            raise ValueError('--p is for --aug=fixed; with --aug=apa use --apa-fixed-p to hold the APA probability constant')
+        target = opts.get('target')
+        if target is not None and not 0 <= target <= 1:
+            raise ValueError(f'--target must be between 0 and 1, got {target}')
         fixed = opts.get('apa_fixed_p')
         if fixed is not None and not 0 <= fixed <= 1:
             raise ValueError(f'--apa-fixed-p must be in [0, 1], got {fixed}')
@@ -72,7 +77,8 @@ class APAPlugin(Plugin):
         self.p.fill_(0.0 if self.fixed_p is None else float(self.fixed_p))
         self.controller = None
         if self.fixed_p is None:
-            self.controller = AdaptiveP(self.p, target=opts.get('target') or 0.6,
+            target = opts.get('target')
+            self.controller = AdaptiveP(self.p, target=0.6 if target is None else target,
                                         speed_kimg=opts.get('ada_kimg') or 500, interval=4,
                                         stat_name='Loss/signs/real')
 
