@@ -354,7 +354,7 @@ def _find_swaps(actual, fresh, prefix, out):
     if fresh is not None:
         for name, fresh_child in fresh._modules.items():
             if name not in actual._modules and fresh_child is not None:
-                out.append(dict(path=prefix + name, class_name=None))
+                out.append(dict(path=prefix + name, class_name=None, deleted=True))
 
 def _apply_swaps(module, swaps):
     for swap in swaps:
@@ -363,8 +363,10 @@ def _apply_swaps(module, swaps):
         for p in parents:
             parent = getattr(parent, p)
         if swap.get('class_name') is None:
-            if leaf in parent._modules:
-                del parent._modules[leaf]
+            if swap.get('deleted', False):
+                parent._modules.pop(leaf, None)
+            else:
+                parent._modules[leaf] = None # a submodule slot set to None
         else:
             setattr(parent, leaf, _build(swap))
 

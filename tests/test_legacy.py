@@ -1,0 +1,291 @@
+"""legacy.py: our snapshots, upstream-format pickles (converted to our classes), the safe format,
+damaged files."""
+
+import copy
+import inspect
+import json
+import pickle
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import dnnlib
+import legacy
+from torch_utils import persistence
+
+networks = pytest.importorskip('training.networks')
+
+G_KWARGS = dict(z_dim=8, w_dim=8, img_resolution=16, img_channels=3,
+                mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=16))
+D_KWARGS = dict(img_resolution=16, img_channels=3, channel_base=128, channel_max=16)
+TRAINING_SET_KWARGS = dict(class_name='training.dataset.ImageFolderDataset', path='/data/x.zip',
+                           use_labels=True, max_size=10, xflip=False, resolution=16)
+
+def _snapshot(module_ns=networks, c_dim=2, seed=0):
+    """A snapshot dict like the training loop writes, with tiny networks from `module_ns`."""
+    torch.manual_seed(seed)
+    G = module_ns.Generator(c_dim=c_dim, **G_KWARGS)
+    D = module_ns.Discriminator(c_dim=c_dim, **D_KWARGS)
+    with torch.no_grad(): # non-trivial buffers, so that copying them is tested too
+        G.mapping.w_avg.normal_()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    return dict(G=G.eval().requires_grad_(False), D=D.eval().requires_grad_(False), G_ema=G_ema,
+                augment_pipe=None, training_set_kwargs=dict(TRAINING_SET_KWARGS))
+
+def _inputs(c_dim=2, n=3):
+    gen = torch.Generator().manual_seed(123)
+    z = torch.randn(n, G_KWARGS['z_dim'], generator=gen)
+    c = torch.nn.functional.one_hot(torch.arange(n) % c_dim, c_dim).float() if c_dim else torch.zeros(n, 0)
+    img = torch.randn(n, 3, 16, 16, generator=gen)
+    return z, c, img
+
+def _outputs(data, c_dim=2):
+    z, c, img = _inputs(c_dim)
+    with torch.no_grad():
+        return data['G_ema'](z, c, noise_mode='const'), data['D'](img, c)
+
+def _write(tmp_path, data, name='snap.pkl'):
+    path = tmp_path / name
+    with open(path, 'wb') as f:
+        pickle.dump(data, f)
+    return str(path)
+
+def _forget_source(src):
+    """Drop the module executed from `src`, as if the pickle were loaded in a fresh process."""
+    key = persistence._src_key(src)
+    module = persistence._src_to_module_dict.pop(key)
+    persistence._module_to_src_dict.pop(module, None)
+    sys.modules.pop(module.__name__, None)
+
+#----------------------------------------------------------------------------
+
+def test_our_snapshot_to_safe_format_gives_identical_outputs(tmp_path, capsys):
+    data = _snapshot()
+    data['resume_state'] = dict(cur_nimg=1000)
+    ref_img, ref_logits = _outputs(data)
+    pkl = _write(tmp_path, data)
+
+    loaded = legacy.load_network(pkl)
+    line = capsys.readouterr().out.strip().splitlines()
+    assert len(line) == 1 and 'execute code' in line[0] and 'safetensors' in line[0]
+    assert type(loaded['G_ema']) is networks.Generator and type(loaded['D']) is networks.Discriminator
+    assert loaded['augment_pipe'] is None and loaded['resume_state'] == dict(cur_nimg=1000)
+    img, logits = _outputs(loaded)
+    assert torch.equal(img, ref_img) and torch.equal(logits, ref_logits)
+
+    st_path, json_path = legacy.export_safe(loaded, str(tmp_path / 'model'))
+    assert st_path.endswith('model.safetensors') and json_path.endswith('model.json')
+    meta = json.loads(open(json_path).read())
+    assert meta['networks']['G_ema']['class_name'] == 'training.networks.Generator'
+    assert meta['networks']['G_ema']['submodules'] == []
+
+    for entry in (st_path, json_path):
+        safe = legacy.load_network(entry, safe=True)
+        assert type(safe['G_ema']) is networks.Generator
+        img, logits = _outputs(safe)
+        assert torch.equal(img, ref_img) and torch.equal(logits, ref_logits)
+        assert safe['training_set_kwargs'] == TRAINING_SET_KWARGS
+        assert isinstance(safe['training_set_kwargs'], dnnlib.EasyDict)
+        assert safe['G_ema'].init_kwargs == loaded['G_ema'].init_kwargs
+        assert not safe['G_ema'].training and not any(p.requires_grad for p in safe['G_ema'].parameters())
+        for name, value in loaded['G'].state_dict().items():
+            assert torch.equal(safe['G'].state_dict()[name], value), name
+    assert capsys.readouterr().out == '' # the safe format prints no pickle warning
+
+    # The training loop's path: an open file goes through load_network_pkl.
+    with open(st_path, 'rb') as f:
+        via_pkl_api = legacy.load_network_pkl(f)
+    assert torch.equal(_outputs(via_pkl_api)[0], ref_img)
+
+def test_safe_format_keeps_swapped_submodules(tmp_path):
+    data = _snapshot()
+    G_ema = data['G_ema']
+    # Plugin-style changes: the class embedding built with other arguments than the mapping
+    # network would use, a layer rebuilt with other arguments, an added module.
+    G_ema.mapping.embed = networks.FullyConnectedLayer(2, 8, activation='lrelu', lr_multiplier=0.5, bias_init=1)
+    G_ema.mapping.fc1 = networks.FullyConnectedLayer(8, 8, activation='lrelu', lr_multiplier=0.01) # as built: no entry
+    G_ema.mapping.extra = networks.MinibatchStdLayer(group_size=2) # a module the constructor never builds
+    G_ema.synthesis.b16.torgb = networks.ToRGBLayer(8, 3, w_dim=8, kernel_size=1, conv_clamp=64)
+    data['D'].b4.mbstd = None # ... a submodule slot set to None, one deleted
+    del data['D'].b4.out
+    ref_img = _outputs(dict(data, D=_snapshot()['D']))[0]
+    paths = legacy.export_safe(data, str(tmp_path / 'swapped.safetensors'))
+    meta = json.loads(open(paths[1]).read())
+    swaps = {s['path']: s for s in meta['networks']['G_ema']['submodules']}
+    assert set(swaps) == {'mapping.embed', 'mapping.extra', 'synthesis.b16.torgb'}
+    assert swaps['mapping.extra']['class_name'] == 'training.networks.MinibatchStdLayer'
+    assert swaps['mapping.embed']['init_kwargs']['lr_multiplier'] == 0.5
+    assert meta['networks']['D']['submodules'] == [dict(path='b4.mbstd', class_name=None),
+                                                   dict(path='b4.out', class_name=None, deleted=True)]
+
+    safe = legacy.load_network(paths[0], safe=True)
+    assert safe['G_ema'].mapping.embed.init_kwargs.lr_multiplier == 0.5
+    assert safe['G_ema'].synthesis.b16.torgb.init_kwargs.conv_clamp == 64
+    assert safe['D'].b4.mbstd is None and 'mbstd' in safe['D'].b4._modules and not hasattr(safe['D'].b4, 'out')
+    assert type(safe['G_ema'].mapping.extra) is networks.MinibatchStdLayer
+    z, c, _ = _inputs()
+    with torch.no_grad():
+        assert torch.equal(safe['G_ema'](z, c, noise_mode='const'), ref_img)
+
+def test_safe_loader_only_builds_our_classes(tmp_path):
+    st_path, json_path = legacy.export_safe(_snapshot(), str(tmp_path / 'm'))
+    meta = json.loads(open(json_path).read())
+    for bad in ['os.system', 'torch.nn.Linear', 'training.networks.torch.nn.Linear', 'training.networks.np.save']:
+        meta['networks']['G']['class_name'] = bad
+        with open(json_path, 'w') as f:
+            json.dump(meta, f)
+        with pytest.raises(legacy.InvalidSnapshotError, match='class'):
+            legacy.load_network(st_path, safe=True)
+
+def test_force_fp16(tmp_path):
+    data = legacy.load_network(_write(tmp_path, _snapshot()), force_fp16=True, verbose=False)
+    assert data['G_ema'].init_kwargs.synthesis_kwargs['num_fp16_res'] == 4
+    assert data['G_ema'].init_kwargs.synthesis_kwargs['conv_clamp'] == 256
+    assert data['D'].init_kwargs.num_fp16_res == 4
+    # On the CPU fp16 layers run in fp32, so with clamping far away the outputs agree.
+    ref_img, ref_logits = _outputs(_snapshot())
+    img, logits = _outputs(data)
+    assert torch.allclose(img, ref_img, atol=1e-5) and torch.allclose(logits, ref_logits, atol=1e-5)
+
+#----------------------------------------------------------------------------
+# Upstream-format pickles.
+
+_UPSTREAM_SRC = textwrap.dedent('''
+    """A network module shaped like those embedded in stylegan2-ada-pytorch pickles."""
+    import numpy as np
+    import torch
+    from torch_utils import misc
+    from torch_utils import persistence
+    from torch_utils.ops import conv2d_resample
+    from torch_utils.ops import upfirdn2d
+    from torch_utils.ops import bias_act
+    from torch_utils.ops import fma
+
+    @misc.profiled_function
+    def scale_and_shift(x, w, b):
+        return fma.fma(x, w, b)
+
+    @persistence.persistent_class
+    class TinyUpstreamNet(torch.nn.Module):
+        def __init__(self, channels, resolution):
+            super().__init__()
+            self.channels = channels
+            self.resolution = resolution
+            self.weight = torch.nn.Parameter(torch.randn([channels, channels, 3, 3]))
+            self.bias = torch.nn.Parameter(torch.randn([channels]))
+            self.register_buffer('resample_filter', upfirdn2d.setup_filter([1, 3, 3, 1]))
+
+        def forward(self, x):
+            misc.assert_shape(x, [None, self.channels, self.resolution, self.resolution])
+            x = conv2d_resample.conv2d_resample(x=x, w=self.weight, f=self.resample_filter, down=2, padding=1)
+            x = bias_act.bias_act(x, self.bias, act='lrelu')
+            return scale_and_shift(x, misc.constant(0.5), misc.constant(np.float32(1)))
+''')
+
+def test_upstream_format_pickle_loads_and_runs(tmp_path):
+    module = persistence._src_to_module(_UPSTREAM_SRC)
+    torch.manual_seed(1)
+    net = module.TinyUpstreamNet(channels=4, resolution=8)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+    assert ref.shape == (2, 4, 4, 4)
+    pkl = _write(tmp_path, dict(G_ema=net, training_set_kwargs=None))
+    # Upstream pickles call this function by name with this exact meta.
+    assert b'_reconstruct_persistent_obj' in open(pkl, 'rb').read()
+    _forget_source(_UPSTREAM_SRC)
+
+    data = legacy.load_network(pkl, verbose=False)
+    assert set(['G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs']) <= set(data)
+    assert data['G'] is None and data['D'] is None and data['augment_pipe'] is None
+    loaded = data['G_ema']
+    assert type(loaded).__module__.startswith('_imported_module_') # the embedded source ran
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ref)
+
+def test_upstream_generator_converts_to_our_classes_with_identical_outputs(tmp_path, capsys):
+    # stylegan2-ada-pytorch's networks.py is not available here; our networks.py has the same
+    # class names, constructor keywords and tensor names, so running its source as an
+    # embedded module reproduces what an upstream pickle holds.
+    src = inspect.getsource(networks) + '\n# embedded copy\n'
+    upstream = persistence._src_to_module(src)
+    data = _snapshot(module_ns=upstream, c_dim=2)
+    assert type(data['G_ema']) is upstream.Generator
+    ref_img, ref_logits = _outputs(data)
+    pkl = _write(tmp_path, data)
+    _forget_source(src)
+
+    loaded = legacy.load_network(pkl, verbose=False)
+    assert 'kept as pickled' not in capsys.readouterr().out
+    for key, cls in [('G', networks.Generator), ('G_ema', networks.Generator), ('D', networks.Discriminator)]:
+        assert type(loaded[key]) is cls, key
+        assert not loaded[key].training and not any(p.requires_grad for p in loaded[key].parameters())
+    img, logits = _outputs(loaded)
+    assert torch.equal(img, ref_img) and torch.equal(logits, ref_logits)
+    assert torch.equal(loaded['G_ema'].mapping.w_avg, data['G_ema'].mapping.w_avg)
+
+    # ... and from there into the safe format.
+    paths = legacy.export_safe(loaded, str(tmp_path / 'converted'))
+    assert torch.equal(_outputs(legacy.load_network(paths[0], safe=True))[0], ref_img)
+
+def test_unmappable_network_is_kept_and_reported(tmp_path, capsys):
+    src = inspect.getsource(networks) + '\n# embedded copy 2\n'
+    upstream = persistence._src_to_module(src)
+    data = _snapshot(module_ns=upstream, c_dim=0)
+    data['G_ema'].register_buffer('extra_stat', torch.ones(3)) # something our class does not have
+    pkl = _write(tmp_path, data)
+    _forget_source(src)
+    loaded = legacy.load_network(pkl, verbose=False)
+    out = capsys.readouterr().out
+    assert 'G_ema (Generator) kept as pickled' in out and 'extra_stat' in out
+    assert type(loaded['G_ema']) is not networks.Generator
+    assert type(loaded['G']) is networks.Generator
+
+#----------------------------------------------------------------------------
+# Refusals and damaged files.
+
+def test_safe_mode_refuses_pickles(tmp_path):
+    pkl = _write(tmp_path, _snapshot())
+    with pytest.raises(legacy.UnsafeFormatError, match='pickle') as info:
+        legacy.load_network(pkl, safe=True)
+    assert 'legacy.py --source' in str(info.value)
+
+def test_truncated_and_corrupted_snapshots(tmp_path):
+    pkl = _write(tmp_path, _snapshot())
+    raw = open(pkl, 'rb').read()
+    for name, content in [('trunc.pkl', raw[:len(raw) // 2]), ('trunc2.pkl', raw[:20]),
+                          ('garbage.pkl', bytes(range(256)) * 4), ('empty.pkl', b'')]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(legacy.InvalidSnapshotError) as info:
+            legacy.load_network(str(path), verbose=False)
+        msg = str(info.value)
+        assert msg.startswith(f'{path} is not a valid network snapshot (truncated or corrupted): '), msg
+
+    st_path, _json_path = legacy.export_safe(_snapshot(), str(tmp_path / 'm'))
+    data = open(st_path, 'rb').read()
+    with open(st_path, 'wb') as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(legacy.InvalidSnapshotError, match='not a valid network snapshot'):
+        legacy.load_network(st_path, safe=True)
+
+def test_pickle_of_something_else(tmp_path):
+    with pytest.raises(legacy.InvalidSnapshotError, match='expected a dict'):
+        legacy.load_network(_write(tmp_path, [1, 2, 3]), verbose=False)
+    with pytest.raises(legacy.InvalidSnapshotError, match='none of G, D, G_ema'):
+        legacy.load_network(_write(tmp_path, dict(a=1)), verbose=False)
+
+def test_cli_export(tmp_path):
+    from click.testing import CliRunner
+    pkl = _write(tmp_path, _snapshot())
+    result = CliRunner().invoke(legacy.convert_network, ['--source', pkl, '--dest', str(tmp_path / 'out')])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / 'out.safetensors').exists() and (tmp_path / 'out.json').exists()
+    result = CliRunner().invoke(legacy.convert_network, ['--source', str(tmp_path / 'out.json'), '--dest', str(tmp_path / 'back.pkl')])
+    assert result.exit_code == 0, result.output
+    back = legacy.load_network(str(tmp_path / 'back.pkl'), verbose=False)
+    assert torch.equal(_outputs(back)[0], _outputs(_snapshot())[0])
+
+#----------------------------------------------------------------------------
