@@ -141,7 +141,7 @@ class TransferPlugin(Plugin):
 
     @classmethod
     def configure(cls, c, opts):
-        if not c.get('resume_pkl'):
+        if 'resume_pkl' in c and not c.resume_pkl:     # (setup() checks again if train.py sets it later)
             raise ValueError('--method=transfer starts from a pretrained network: add --resume=<snapshot.pkl>')
         if not (c.get('training_set_kwargs') or {}).get('use_labels', False):
             raise ValueError('--method=transfer trains new classes: add --cond=1 and a dataset with labels')
