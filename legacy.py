@@ -83,9 +83,9 @@ def load_network_pkl(f, force_fp16=False, verbose=True, name=None):
         f.seek(0)
     else:
         f = io.BufferedReader(_PrefixedReader(head, f))
-    if _looks_like_safetensors(head):
+    if _looks_like_safetensors(head) or head.lstrip()[:1] == b'{': # safetensors, or its JSON half
         if not isinstance(getattr(f, 'name', None), str):
-            raise InvalidSnapshotError(f'{name} is a safetensors file: load it with legacy.load_network(path)')
+            raise InvalidSnapshotError(f'{name} is in the safe format: load it with legacy.load_network(path)')
         return load_safe(f.name, verbose=verbose)
     if verbose:
         print(f'Loading {name}: a pickle, which can execute code; load only files you trust '

@@ -95,9 +95,10 @@ def test_our_snapshot_to_safe_format_gives_identical_outputs(tmp_path, capsys):
     assert capsys.readouterr().out == '' # the safe format prints no pickle warning
 
     # The training loop's path: an open file goes through load_network_pkl.
-    with open(st_path, 'rb') as f:
-        via_pkl_api = legacy.load_network_pkl(f)
-    assert torch.equal(_outputs(via_pkl_api)[0], ref_img)
+    for entry in (st_path, json_path):
+        with dnnlib.util.open_url(entry) as f:
+            via_pkl_api = legacy.load_network_pkl(f)
+        assert torch.equal(_outputs(via_pkl_api)[0], ref_img)
 
 def test_safe_format_keeps_swapped_submodules(tmp_path):
     data = _snapshot()
