@@ -1,0 +1,358 @@
+"""GAN lottery tickets + AdvAug ("Ultra-Data-Efficient GAN Training", Chen et al.; methods.md
+section 9, StyleGAN2 port). Ticket search: rounds of training, global magnitude pruning of
+G's conv kernels and rewinding to the initial weights theta_0. Ticket training: fixed masks,
+plus AdvAug, a one-step sign-gradient perturbation of D's last features and G's 4x4 features.
+
+Pruned weights are stored as zeros in G itself, so a ticket generator needs no plugin code.
+"""
+
+import copy
+import os
+
+import torch
+import torch.nn.functional as F
+
+from plugins import Option, Plugin, register
+from torch_utils import training_stats
+
+PRUNABLE_LAYERS = ('SynthesisLayer', 'ToRGBLayer', 'Conv2dLayer')   # G's conv kernels
+G_MAIN = ('Gmain', 'Gboth')
+D_MAIN = ('Dmain', 'Dboth')
+
+#----------------------------------------------------------------------------
+# Tickets: masks (True = weight kept) over G's conv kernels.
+
+def prunable_names(G):
+    """Names of the conv kernels IMP prunes: `.weight` of SynthesisLayer, ToRGBLayer and
+    Conv2dLayer modules (mapping and affine FCs, biases, noise, const are never pruned)."""
+    names = []
+    for mod_name, module in G.named_modules():
+        if type(module).__name__ in PRUNABLE_LAYERS and isinstance(getattr(module, 'weight', None), torch.nn.Parameter):
+            names.append(f'{mod_name}.weight' if mod_name else 'weight')
+    return names
+
+def full_masks(G):
+    """All-True masks (nothing pruned) for the prunable tensors of G."""
+    names = set(prunable_names(G))
+    return {name: torch.ones_like(param, dtype=torch.bool) for name, param in G.named_parameters() if name in names}
+
+def prune_global(params, masks, percent):
+    """Prune `percent` of the remaining (mask True) entries, ranked globally by |w| of the raw
+    parameters; exactly round(percent * remaining) entries are removed. Returns new masks."""
+    names = list(masks)
+    kept = [params[n].detach().abs().flatten()[masks[n].flatten()] for n in names]
+    values = torch.cat([k.float().cpu() for k in kept])
+    k = int(round(percent * values.numel()))
+    survive = torch.ones(values.numel(), dtype=torch.bool)
+    if k > 0:
+        survive[torch.topk(values, k, largest=False).indices] = False
+    new_masks, offset = {}, 0
+    for n, kv in zip(names, kept):
+        flat = masks[n].flatten().clone()
+        idx = flat.nonzero().flatten()
+        flat[idx] = survive[offset:offset + kv.numel()].to(flat.device)
+        offset += kv.numel()
+        new_masks[n] = flat.view_as(masks[n])
+    return new_masks
+
+def density(masks):
+    """(overall kept fraction, {name: kept fraction})."""
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    return kept / max(total, 1), {n: float(m.float().mean()) for n, m in masks.items()}
+
+@torch.no_grad()
+def apply_masks(module, masks):
+    """Zero the pruned weights of `module` in place."""
+    params = dict(module.named_parameters())
+    for name, mask in masks.items():
+        params[name].masked_fill_(~mask.to(params[name].device), 0)
+
+def cpu_state(module):
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+#----------------------------------------------------------------------------
+# AdvAug: sign-gradient steps on features, computed on detached copies (a constant offset).
+
+def feature_perturbation(fn, f, gamma, steps, direction=1.0):
+    """delta with f + delta = f + gamma * sum_t sign(grad of direction * mean fn(f + delta_t)).
+
+    fn: features -> logits; f: any shape. Only the features get a gradient here (no
+    parameter .grad is touched). Returns the detached offset, same shape as f.
+    """
+    delta = torch.zeros_like(f, dtype=torch.float32)
+    for _ in range(steps):
+        f_var = (f.detach().float() + delta).to(f.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            objective = fn(f_var).float().mean() * direction
+            grad, = torch.autograd.grad(objective, [f_var])
+        delta = delta + gamma * grad.float().sign()
+    return delta.to(f.dtype).detach()
+
+#----------------------------------------------------------------------------
+
+@register('lottery')
+class LotteryPlugin(Plugin):
+    options = [
+        Option('imp-rounds', type=int, default=0, help='lottery: rounds of iterative magnitude pruning before training the ticket [default: 0]'),
+        Option('imp-percent', type=float, default=0.2, help='lottery: fraction of the remaining G conv weights pruned per round [default: 0.2]'),
+        Option('imp-kimg', type=float, default=None, help='lottery: training length of each IMP round, in kimg'),
+        Option('rewind-d', type=bool, default=True, help='lottery: rewind D to its initial weights after each round / for a ticket [default: true]'),
+        Option('ticket', type=str, default=None, help='lottery: train this ticket (a ticket-*.pt file written by a search)'),
+        Option('ticket-out', type=str, default=None, help='lottery: also write the latest ticket to this path [default: run dir only]'),
+        Option('advaug-gamma', type=float, default=0.01, help='lottery: AdvAug step size on features (0 disables AdvAug) [default: 0.01]'),
+        Option('advaug-steps', type=int, default=1, help='lottery: AdvAug sign-gradient steps [default: 1]'),
+        Option('advaug-sign', type=str, default='ref',
+               help='lottery: AdvAug direction: ref (raise D\'s logit for reals and fakes, as the reference) or loss_ascent [default: ref]'),
+        Option('advaug-g-target', type=str, default='b4', help='lottery: G feature AdvAug perturbs: b4 (the 4x4 block output) or ws [default: b4]'),
+    ]
+
+    @classmethod
+    def validate(cls, aug, methods, opts):
+        rounds = opts.get('imp_rounds') or 0
+        if rounds < 0:
+            raise ValueError(f'--imp-rounds must be >= 0, got {rounds}')
+        if rounds > 0:
+            if not opts.get('imp_kimg') or opts['imp_kimg'] <= 0:
+                raise ValueError('--imp-rounds needs the length of each round: add --imp-kimg=<kimg>')
+            if opts.get('ticket'):
+                raise ValueError('--ticket trains a given ticket; it cannot be combined with --imp-rounds (a new search)')
+            total = opts.get('total_kimg')
+            if total is not None and rounds * opts['imp_kimg'] > total:
+                raise ValueError(f'--kimg={total} is shorter than the search (--imp-rounds x --imp-kimg = {rounds * opts["imp_kimg"]:g})')
+        if not 0 < (opts.get('imp_percent') or 0) < 1:
+            raise ValueError(f'--imp-percent must be in (0, 1), got {opts.get("imp_percent")}')
+        if opts.get('ticket') and not os.path.isfile(opts['ticket']):
+            raise ValueError(f'--ticket file not found: {opts["ticket"]}')
+        if (opts.get('advaug_gamma') or 0) < 0 or (opts.get('advaug_steps') or 0) < 1:
+            raise ValueError('--advaug-gamma must be >= 0 and --advaug-steps >= 1')
+        if opts.get('advaug_sign') not in ('ref', 'loss_ascent'):
+            raise ValueError(f'--advaug-sign must be ref or loss_ascent, got {opts.get("advaug_sign")}')
+        if opts.get('advaug_g_target') not in ('b4', 'ws'):
+            raise ValueError(f'--advaug-g-target must be b4 or ws, got {opts.get("advaug_g_target")}')
+
+    @classmethod
+    def describe(cls, opts):
+        tag = 'lottery'
+        if opts.get('imp_rounds'):
+            tag += f'-imp{opts["imp_rounds"]}x{opts["imp_kimg"]:g}k-p{opts["imp_percent"]:g}'
+        elif opts.get('ticket'):
+            tag += '-ticket'
+        if opts.get('advaug_gamma'):
+            tag += f'-advaug{opts["advaug_gamma"]:g}'
+        return tag
+
+    def __init__(self, opts, device, rank=0, num_gpus=1):
+        super().__init__(opts, device, rank, num_gpus)
+        self.rounds = int(opts.get('imp_rounds') or 0)
+        self.percent = float(opts.get('imp_percent') or 0.2)
+        self.round_nimg = int(float(opts.get('imp_kimg') or 0) * 1000)
+        self.rewind_D = bool(opts.get('rewind_d', True))
+        self.gamma = float(opts.get('advaug_gamma') or 0)
+        self.steps = int(opts.get('advaug_steps') or 1)
+        self.sign = opts.get('advaug_sign') or 'ref'
+        self.g_target = opts.get('advaug_g_target') or 'b4'
+        self.round = 0                  # completed IMP rounds
+        self.round_start_nimg = 0
+        self.masks = {}
+        self._any_pruned = None
+        self.theta0_G = self.theta0_D = None
+        self.run_dir = None
+        self.loss = None
+
+    # --- set-up, rounds -----------------------------------------------------------------------
+
+    def setup(self, G, D, G_ema, ctx):
+        self.G, self.D, self.G_ema = G, D, G_ema
+        self.run_dir = ctx.get('run_dir')
+        self.masks = full_masks(G)
+        self._any_pruned = None
+        # theta_0: the seeded initial weights (or the weights-only resume), before any step.
+        self.theta0_G, self.theta0_D = cpu_state(G), cpu_state(D)
+        if self.opts.get('ticket') and not ctx.get('full_resume'):
+            self.load_ticket(self.opts['ticket'])
+
+    def load_ticket(self, path):
+        """Masks from a ticket file; G rewound to its theta_0 (and D too, with --rewind-d)."""
+        ticket = torch.load(path, map_location='cpu', weights_only=False)
+        params = dict(self.G.named_parameters())
+        for name, mask in ticket['masks'].items():
+            if name not in self.masks or mask.shape != self.masks[name].shape:
+                raise ValueError(f'--ticket {path} does not fit this generator (tensor {name}); '
+                                 f'use the same --cfg and resolution as the search')
+            self.masks[name] = mask.to(params[name].device).bool()
+        self._any_pruned = None
+        if ticket.get('theta0_G') is not None:
+            self.theta0_G = ticket['theta0_G']
+        if ticket.get('theta0_D') is not None:
+            self.theta0_D = ticket['theta0_D']
+        self.rewind(self.D if self.rewind_D else None)
+
+    def rewind(self, D=None):
+        """G (and G_ema) back to theta_0 with the pruned weights zeroed; D to theta_0 if given."""
+        self.G.load_state_dict(self.theta0_G)
+        apply_masks(self.G, self.masks)
+        self.G_ema.load_state_dict(self.G.state_dict())
+        if D is not None:
+            D.load_state_dict(self.theta0_D)
+
+    def searching(self):
+        return self.round < self.rounds
+
+    def finish_round(self, state):
+        """Prune, rewind, reset the optimizers and save the ticket."""
+        self.masks = prune_global(dict(self.G.named_parameters()), self.masks, self.percent)
+        self._any_pruned = None
+        self.rewind(self.D if self.rewind_D else None)
+        for phase in state.phases:
+            phase.opt.state.clear()         # Adam moments belong to the discarded weights
+        if self.loss is not None and hasattr(self.loss, 'pl_mean'):
+            self.loss.pl_mean.zero_()
+        self.round += 1
+        self.round_start_nimg = state.cur_nimg
+        self.save_ticket()
+
+    def ticket_data(self):
+        return dict(masks={n: m.cpu() for n, m in self.masks.items()}, theta0_G=self.theta0_G,
+                    theta0_D=self.theta0_D, round=self.round, density=density(self.masks)[0])
+
+    def save_ticket(self):
+        if self.rank != 0:
+            return
+        paths = [self.opts.get('ticket_out')]
+        if self.run_dir is not None:
+            paths.append(os.path.join(self.run_dir, f'ticket-round{self.round:02d}.pt'))
+        for path in filter(None, paths):
+            torch.save(self.ticket_data(), path + '.tmp')
+            os.replace(path + '.tmp', path)
+
+    # --- hooks ----------------------------------------------------------------------------------
+
+    def end_of_iteration(self, state, stats):
+        if self.searching() and state.cur_nimg - self.round_start_nimg >= self.round_nimg:
+            self.finish_round(state)
+
+    def after_backward(self, phase, module):
+        if phase.startswith('G') and self.any_pruned():
+            params = dict(module.named_parameters())
+            with torch.no_grad():
+                for name, mask in self.masks.items():
+                    if params[name].grad is not None:
+                        params[name].grad.masked_fill_(~mask, 0)
+
+    def after_step(self, phase, module):
+        if phase.startswith('G') and self.any_pruned():
+            apply_masks(module, self.masks)
+
+    def before_ema(self, G, G_ema):
+        if self.any_pruned():
+            apply_masks(G_ema, self.masks)
+
+    def any_pruned(self):
+        # Cached: masks change only in setup, at round ends and on load (reset to None there).
+        if self._any_pruned is None:
+            self._any_pruned = any(not bool(m.all()) for m in self.masks.values())
+        return self._any_pruned
+
+    # --- AdvAug ---------------------------------------------------------------------------------
+
+    def advaug_active(self):
+        return self.gamma > 0 and not self.searching()
+
+    def main_loss_weight(self, phase):
+        if self.advaug_active() and (phase in G_MAIN or phase in D_MAIN):
+            return 0.5
+        return 1.0
+
+    def _direction(self, is_real, for_G=False):
+        """+1 raises D's logit. ref: always; loss_ascent: the direction that increases the loss."""
+        if self.sign == 'ref':
+            return 1.0
+        if for_G:
+            return -1.0         # G's loss softplus(-l) grows as the fake logit falls
+        return -1.0 if is_real else 1.0
+
+    def extra_loss(self, phase, ctx):
+        self.loss = ctx.get('loss')
+        if phase in D_MAIN and ctx.real_logits is not None:
+            training_stats.report('Lottery/D_acc_real', (ctx.real_logits > 0).float())
+            training_stats.report('Lottery/D_acc_fake', (ctx.gen_logits < 0).float())
+        if not self.advaug_active():
+            return None
+        if phase in D_MAIN:
+            return 0.5 * self.D_adv_loss(ctx)
+        if phase in G_MAIN:
+            return 0.5 * self.G_adv_loss(ctx)
+        return None
+
+    def D_adv_loss(self, ctx):
+        """softplus(D2(f_fake + d)) + softplus(-D2(f_real + d)) on the features of this phase."""
+        def adv_logits(features, is_real):
+            x, cmap = features
+            head = lambda f: ctx.D.head(f, cmap.detach() if cmap is not None else None)
+            delta = feature_perturbation(head, x, self.gamma, self.steps, self._direction(is_real))
+            return ctx.D.head(x + delta, cmap)
+        logits_fake = adv_logits(ctx.gen_features, False)
+        logits_real = adv_logits(ctx.real_features, True)
+        training_stats.report('Lottery/advaug/scores_fake', logits_fake)
+        training_stats.report('Lottery/advaug/scores_real', logits_real)
+        return F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+
+    def G_adv_loss(self, ctx):
+        """softplus(-D(A(G2(h + d)))) with h the b4 output (or ws), d from sign-gradient steps."""
+        G, ws, c = ctx.G, ctx.gen_ws, ctx.gen_c
+        direction = self._direction(False, for_G=True)
+        def synth(ws_in, hook=None):
+            out = G.synthesis(ws_in, b4_hook=hook)
+            return out[0] if isinstance(out, (tuple, list)) else out
+        if self.g_target == 'ws':
+            delta = feature_perturbation(lambda w: ctx.run_D(synth(w), c, False), ws, self.gamma, self.steps, direction)
+            img = synth(ws + delta)
+        else:
+            delta = self._b4_perturbation(synth, ws.detach(), lambda img: ctx.run_D(img, c, False), direction)
+            img = synth(ws, hook=lambda x: x + delta.to(x.dtype))
+        logits = ctx.run_D(img, c, False)
+        training_stats.report('Lottery/advaug/scores_G', logits)
+        return F.softplus(-logits).mean()
+
+    def _b4_perturbation(self, synth, ws, run_D, direction):
+        """Sign-gradient offset of the b4 output h: steps x (G2 forward + D forward + grad w.r.t. h)."""
+        delta = None
+        for _ in range(self.steps):
+            holder = {}
+            def hook(x):
+                d = torch.zeros_like(x) if delta is None else delta.to(x.dtype)
+                holder['h'] = (x.detach() + d).requires_grad_(True)
+                return holder['h']
+            with torch.enable_grad():
+                objective = run_D(synth(ws, hook)).float().mean() * direction
+                grad, = torch.autograd.grad(objective, [holder['h']])
+            step = self.gamma * grad.sign()
+            delta = step if delta is None else delta + step
+        return delta.detach()
+
+    # --- stats and state ------------------------------------------------------------------------
+
+    def report_stats(self):
+        overall, per_layer = density(self.masks)
+        training_stats.report0('Lottery/density', overall)
+        training_stats.report0('Lottery/round', self.round)
+        for name, frac in per_layer.items():
+            training_stats.report0(f'Lottery/density/{name}', frac)
+
+    def state_for_snapshot(self):
+        state = dict(round=self.round, round_start_nimg=self.round_start_nimg,
+                     masks={n: m.cpu().clone() for n, m in self.masks.items()})
+        if self.searching():        # theta_0 is only needed for rewinds still to come
+            state.update(theta0_G=self.theta0_G, theta0_D=self.theta0_D)
+        return state
+
+    def load_state(self, state):
+        self.round = int(state.get('round', 0))
+        self.round_start_nimg = int(state.get('round_start_nimg', 0))
+        for name, mask in state.get('masks', {}).items():
+            if name in self.masks and mask.shape == self.masks[name].shape:
+                self.masks[name] = mask.to(self.masks[name].device).bool()
+        self._any_pruned = None
+        if state.get('theta0_G') is not None:
+            self.theta0_G, self.theta0_D = state['theta0_G'], state.get('theta0_D')
