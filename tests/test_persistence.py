@@ -2,6 +2,7 @@
 
 import copy
 import importlib
+import inspect
 import io
 import pickle
 import pickletools
@@ -111,6 +112,7 @@ def test_deepcopy_and_init_kwargs(tinynet_module):
     with torch.no_grad():
         clone.fc.weight.add_(1)
     assert not torch.equal(clone.fc.weight, net.fc.weight)
+    assert list(inspect.signature(type(net)).parameters) == ['in_features', 'out_features', 'cfg']
     rebuilt = type(net)(*net.init_args, **net.init_kwargs)
     assert rebuilt.fc.weight.shape == net.fc.weight.shape
 

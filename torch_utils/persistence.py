@@ -12,6 +12,7 @@ The embedded source only imports `torch_utils.*`, `numpy`, `torch`, ... by their
 
 import copy
 import copyreg
+import functools
 import hashlib
 import inspect
 import linecache
@@ -55,6 +56,7 @@ def persistent_class(orig_class):
         _orig_module_src = orig_module_src
         _orig_class_name = orig_class.__name__
 
+        @functools.wraps(orig_class.__init__) # keeps the constructor's signature visible to inspect
         def __init__(self, *args, **kwargs):
             # Copy before the constructor runs, so in-place edits of the arguments by the
             # constructor do not leak into the recorded ones.
