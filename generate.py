@@ -1,0 +1,151 @@
+"""Generate images (one PNG per seed), an image grid, or an interpolation video with a trained network.
+
+    python generate.py --network=snap.pkl --seeds=0-63 --outdir=out
+    python generate.py --network=snap.pkl --seeds=0-15 --class=3 --trunc=0.7 --grid --outdir=out
+    python generate.py --network=snap.pkl --seeds=0,5,9 --video --frames=60 --outdir=out
+"""
+
+import math
+import os
+import re
+
+import click
+import numpy as np
+import PIL.Image
+import torch
+
+#----------------------------------------------------------------------------
+
+def parse_seeds(value):
+    """'0-3,10' -> [0, 1, 2, 3, 10] (ranges inclusive, order kept)."""
+    seeds = []
+    for part in str(value).split(','):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r'(\d+)-(\d+)', part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise click.BadParameter(f'range "{part}" ends before it starts', param_hint='--seeds')
+            seeds.extend(range(lo, hi + 1))
+        elif re.fullmatch(r'\d+', part):
+            seeds.append(int(part))
+        else:
+            raise click.BadParameter(f'"{part}" is not a seed or a range like 0-63', param_hint='--seeds')
+    if not seeds:
+        raise click.BadParameter('no seeds given', param_hint='--seeds')
+    return seeds
+
+def seed_latent(seed, z_dim):
+    """The z of a seed: float32 [1, z_dim], the same on every machine."""
+    return torch.from_numpy(np.random.RandomState(seed).randn(1, z_dim).astype(np.float32))
+
+def class_label(G, class_idx):
+    """One-hot [1, c_dim] for a conditional G, zeros [1, 0] otherwise (with clear errors)."""
+    c = torch.zeros([1, G.c_dim])
+    if G.c_dim == 0:
+        if class_idx is not None:
+            print('warning: --class is ignored for an unconditional network')
+        return c
+    if class_idx is None:
+        raise click.UsageError(f'--class is required for a conditional network (it has {G.c_dim} classes: 0..{G.c_dim - 1})')
+    if not 0 <= class_idx < G.c_dim:
+        raise click.UsageError(f'--class={class_idx} is out of range: this network has classes 0..{G.c_dim - 1}')
+    c[0, class_idx] = 1
+    return c
+
+def to_uint8(img):
+    """[N, C, H, W] float in [-1, 1] -> uint8 [N, H, W, C] numpy (the metrics' quantisation)."""
+    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+def save_png(arr, path):
+    """uint8 [H, W, C] with C in {1, 3} -> PNG."""
+    PIL.Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, 'L' if arr.shape[2] == 1 else 'RGB').save(path)
+
+def make_grid(images):
+    """uint8 [N, H, W, C] -> one [rows*H, cols*W, C] image, cols = ceil(sqrt(N)), row-major, black padding."""
+    n, h, w, c = images.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.zeros([rows * h, cols * w, c], dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
+    return grid
+
+#----------------------------------------------------------------------------
+
+def synthesize_seed(G, seed, c, trunc, noise_mode, device):
+    """uint8 [H, W, C] image of one seed (torch RNG seeded too, so noise_mode=random repeats)."""
+    torch.manual_seed(seed)
+    z = seed_latent(seed, G.z_dim).to(device)
+    img = G(z, c.to(device), truncation_psi=trunc, noise_mode=noise_mode)
+    return to_uint8(img)[0]
+
+def write_video(G, seeds, c, trunc, noise_mode, frames, fps, path, device):
+    """Interpolation video through the seeds' w (linear in W, looping back to the first seed)."""
+    try:
+        import imageio
+        import imageio_ffmpeg  # noqa: F401 -- the writer backend
+    except ImportError:
+        raise click.ClickException('--video needs imageio and imageio-ffmpeg: pip install imageio imageio-ffmpeg')
+    ws = [G.mapping(seed_latent(s, G.z_dim).to(device), c.to(device), truncation_psi=trunc) for s in seeds]
+    ws.append(ws[0])
+    torch.manual_seed(seeds[0])
+    with imageio.get_writer(path, mode='I', fps=fps, codec='libx264', macro_block_size=1) as writer:
+        for a, b in zip(ws[:-1], ws[1:]):
+            for f in range(frames):
+                w = a.lerp(b, f / frames)
+                frame = to_uint8(G.synthesis(w, noise_mode=noise_mode))[0]
+                writer.append_data(np.repeat(frame, 3, axis=2) if frame.shape[2] == 1 else frame)
+
+#----------------------------------------------------------------------------
+
+@click.command()
+@click.option('--network', 'network', help='Network file (snapshot, stylegan2-ada-pytorch pickle, safe export)', required=True, metavar='PATH|URL')
+@click.option('--seeds', help='Seeds, e.g. 0-63,100', default='0-7', show_default=True)
+@click.option('--trunc', 'truncation_psi', help='Truncation psi', type=float, default=1, show_default=True)
+@click.option('--class', 'class_idx', help='Class index (required for conditional networks)', type=int)
+@click.option('--noise-mode', help='Noise mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
+@click.option('--outdir', help='Where to save the output', type=str, required=True, metavar='DIR')
+@click.option('--grid', help='Also write grid.png with all seeds', is_flag=True)
+@click.option('--video', help='Write interp.mp4, an interpolation video through the seeds (needs imageio-ffmpeg)', is_flag=True)
+@click.option('--frames', help='Video frames per transition between two seeds', type=click.IntRange(min=1), default=60, show_default=True)
+@click.option('--fps', help='Video frame rate', type=click.IntRange(min=1), default=30, show_default=True)
+@click.option('--safe', help='Refuse network pickles (they can run code); accept only the safe export', is_flag=True)
+def generate_images(network, seeds, truncation_psi, class_idx, noise_mode, outdir, grid, video, frames, fps, safe):
+    """Generate images with a trained network: seedNNNN.png per seed, optional grid.png and interp.mp4."""
+    import legacy
+    seeds = parse_seeds(seeds)
+    device = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
+    print(f'Loading network from "{network}"...')
+    try:
+        G = legacy.load_network(network, safe=safe)['G_ema']
+    except FileNotFoundError as e:
+        raise click.UsageError(f'--network: {e}')
+    except (ValueError, IOError) as e:
+        raise click.ClickException(f'cannot load --network={network}: {e}')
+    G = G.eval().requires_grad_(False).to(device)
+    c = class_label(G, class_idx)
+    os.makedirs(outdir, exist_ok=True)
+
+    images = []
+    with torch.no_grad():
+        for i, seed in enumerate(seeds):
+            print(f'Generating image for seed {seed} ({i + 1}/{len(seeds)}) ...')
+            img = synthesize_seed(G, seed, c, truncation_psi, noise_mode, device)
+            save_png(img, os.path.join(outdir, f'seed{seed:04d}.png'))
+            if grid:
+                images.append(img)
+        if grid:
+            save_png(make_grid(np.stack(images)), os.path.join(outdir, 'grid.png'))
+        if video:
+            path = os.path.join(outdir, 'interp.mp4')
+            print(f'Writing {path} ({len(seeds) * frames} frames) ...')
+            write_video(G, seeds, c, truncation_psi, noise_mode, frames, fps, path, device)
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    generate_images()
