@@ -23,16 +23,30 @@ D_KWARGS = dict(img_resolution=16, img_channels=3, channel_base=128, channel_max
 TRAINING_SET_KWARGS = dict(class_name='training.dataset.ImageFolderDataset', path='/data/x.zip',
                            use_labels=True, max_size=10, xflip=False, resolution=16)
 
-def _snapshot(module_ns=networks, c_dim=2, seed=0):
-    """A snapshot dict like the training loop writes, with tiny networks from `module_ns`."""
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    # These networks are tiny: with a shared, busy CPU, intra-op threads only add contention.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+def _snapshot(module_ns=networks, c_dim=2, seed=0, augment_ns=None):
+    """A snapshot dict like the training loop writes, with tiny networks from `module_ns`
+    (and an AugmentPipe from `augment_ns`, if given)."""
     torch.manual_seed(seed)
     G = module_ns.Generator(c_dim=c_dim, **G_KWARGS)
     D = module_ns.Discriminator(c_dim=c_dim, **D_KWARGS)
     with torch.no_grad(): # non-trivial buffers, so that copying them is tested too
         G.mapping.w_avg.normal_()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    augment_pipe = None
+    if augment_ns is not None:
+        augment_pipe = augment_ns.AugmentPipe(xflip=1, rotate90=1, xint=1, brightness=1, imgfilter_bands=[1, 0.5, 1, 1])
+        augment_pipe.p.fill_(0.3)
+        augment_pipe = augment_pipe.eval().requires_grad_(False)
     return dict(G=G.eval().requires_grad_(False), D=D.eval().requires_grad_(False), G_ema=G_ema,
-                augment_pipe=None, training_set_kwargs=dict(TRAINING_SET_KWARGS))
+                augment_pipe=augment_pipe, training_set_kwargs=dict(TRAINING_SET_KWARGS))
 
 def _inputs(c_dim=2, n=3):
     gen = torch.Generator().manual_seed(123)
@@ -62,7 +76,8 @@ def _forget_source(src):
 #----------------------------------------------------------------------------
 
 def test_our_snapshot_to_safe_format_gives_identical_outputs(tmp_path, capsys):
-    data = _snapshot()
+    augment = pytest.importorskip('training.augment')
+    data = _snapshot(augment_ns=augment)
     data['resume_state'] = dict(cur_nimg=1000)
     ref_img, ref_logits = _outputs(data)
     pkl = _write(tmp_path, data)
@@ -71,7 +86,7 @@ def test_our_snapshot_to_safe_format_gives_identical_outputs(tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()
     assert len(line) == 1 and 'execute code' in line[0] and 'safetensors' in line[0]
     assert type(loaded['G_ema']) is networks.Generator and type(loaded['D']) is networks.Discriminator
-    assert loaded['augment_pipe'] is None and loaded['resume_state'] == dict(cur_nimg=1000)
+    assert type(loaded['augment_pipe']) is augment.AugmentPipe and loaded['resume_state'] == dict(cur_nimg=1000)
     img, logits = _outputs(loaded)
     assert torch.equal(img, ref_img) and torch.equal(logits, ref_logits)
 
@@ -92,6 +107,9 @@ def test_our_snapshot_to_safe_format_gives_identical_outputs(tmp_path, capsys):
         assert not safe['G_ema'].training and not any(p.requires_grad for p in safe['G_ema'].parameters())
         for name, value in loaded['G'].state_dict().items():
             assert torch.equal(safe['G'].state_dict()[name], value), name
+        pipe = safe['augment_pipe']
+        assert type(pipe) is augment.AugmentPipe and float(pipe.p) == pytest.approx(0.3)
+        assert pipe.init_kwargs == dict(xflip=1, rotate90=1, xint=1, brightness=1, imgfilter_bands=[1, 0.5, 1, 1])
     assert capsys.readouterr().out == '' # the safe format prints no pickle warning
 
     # The training loop's path: an open file goes through load_network_pkl.
@@ -210,22 +228,29 @@ def test_upstream_generator_converts_to_our_classes_with_identical_outputs(tmp_p
     # stylegan2-ada-pytorch's networks.py is not available here; our networks.py has the same
     # class names, constructor keywords and tensor names, so running its source as an
     # embedded module reproduces what an upstream pickle holds.
+    augment = pytest.importorskip('training.augment')
     src = inspect.getsource(networks) + '\n# embedded copy\n'
+    aug_src = inspect.getsource(augment) + '\n# embedded copy\n'
     upstream = persistence._src_to_module(src)
-    data = _snapshot(module_ns=upstream, c_dim=2)
+    upstream_aug = persistence._src_to_module(aug_src)
+    data = _snapshot(module_ns=upstream, c_dim=2, augment_ns=upstream_aug)
     assert type(data['G_ema']) is upstream.Generator
     ref_img, ref_logits = _outputs(data)
     pkl = _write(tmp_path, data)
     _forget_source(src)
+    _forget_source(aug_src)
 
     loaded = legacy.load_network(pkl, verbose=False)
     assert 'kept as pickled' not in capsys.readouterr().out
-    for key, cls in [('G', networks.Generator), ('G_ema', networks.Generator), ('D', networks.Discriminator)]:
+    for key, cls in [('G', networks.Generator), ('G_ema', networks.Generator), ('D', networks.Discriminator),
+                     ('augment_pipe', augment.AugmentPipe)]:
         assert type(loaded[key]) is cls, key
         assert not loaded[key].training and not any(p.requires_grad for p in loaded[key].parameters())
     img, logits = _outputs(loaded)
     assert torch.equal(img, ref_img) and torch.equal(logits, ref_logits)
     assert torch.equal(loaded['G_ema'].mapping.w_avg, data['G_ema'].mapping.w_avg)
+    assert float(loaded['augment_pipe'].p) == pytest.approx(0.3)
+    assert loaded['augment_pipe'].imgfilter_bands == [1, 0.5, 1, 1]
 
     # ... and from there into the safe format.
     paths = legacy.export_safe(loaded, str(tmp_path / 'converted'))
