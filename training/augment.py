@@ -443,7 +443,8 @@ class AugmentPipe(torch.nn.Module):
             t_i = torch.where(self._fires(self.imgfilter * band_strength * self.p, N, device), t_i, torch.ones_like(t_i))
             t = torch.ones([N, num_bands], device=device)
             t[:, i] = t_i
-            g = g * t / (prior * t.square()).sum(dim=1, keepdim=True).sqrt()
+            g = g * t
+            g = g / (prior * g.square()).sum(dim=1, keepdim=True).sqrt()
         return g
 
     def _apply_filter(self, images):
