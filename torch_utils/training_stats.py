@@ -19,7 +19,6 @@ _num_moments = 3                # [count, sum, sum of squares]
 _counter_dtype = torch.float64  # Accumulator precision.
 _rank = 0                       # Rank of this process (report0 reports only on rank 0).
 _sync_device = None             # Device for the cross-rank all-reduce; None = choose by backend.
-_sync_called = False            # init_multiprocessing() must come before the first update.
 _counters = dict()              # name -> device -> tensor [_num_moments], not yet synced
 _cumulative = dict()            # name -> tensor [_num_moments], everything synced so far (CPU)
 
@@ -29,10 +28,10 @@ def init_multiprocessing(rank, sync_device):
     """Set this process's rank and the device used for the all-reduce in Collector.update().
 
     Call once per process, before the first update. sync_device: torch.device('cuda', i) for
-    NCCL, None (CPU) for gloo or a single process.
+    NCCL, None (CPU) for gloo or a single process. Calling it again (several training runs in
+    one process, as in the tests) just replaces both settings.
     """
     global _rank, _sync_device
-    assert not _sync_called, 'init_multiprocessing() must be called before the first Collector.update()'
     _rank = rank
     _sync_device = sync_device
 
@@ -151,10 +150,8 @@ def _distributed():
 
 def _sync(names):
     """Move the pending counters of `names` into _cumulative (all-reduced); returns [(name, cumulative)]."""
-    global _sync_called
     if len(names) == 0:
         return []
-    _sync_called = True
 
     device = _sync_device
     if device is None:
