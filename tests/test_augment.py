@@ -327,3 +327,52 @@ def test_cutout_area():
     # Boxes are clipped at the borders: E[area] = (0.4375)^2 for a centre uniform in [0, 1]^2.
     assert abs(zero_frac.mean().item() - 0.4375 ** 2) < 0.015
     assert torch.equal(y[:, :1].expand_as(y), y)                      # same box in every channel
+
+def test_reflect_pad_any_size():
+    x = torch.randn(2, 3, 5, 6)
+    assert torch.equal(augment._reflect_pad(x, 2, 3, 4, 1), F.pad(x, [2, 3, 4, 1], mode='reflect'))
+    big = augment._reflect_pad(x, 13, 0, 0, 9)                         # pads larger than the image
+    assert big.shape == (2, 3, 14, 19)
+    idx = torch.arange(-13, 6).remainder(10)
+    assert torch.equal(big[:, :, :5], x[:, :, :, torch.where(idx >= 6, 10 - idx, idx)])
+
+@pytest.mark.parametrize('op,expected', [
+    ('aniso', lambda s: [[1 / s, 0, 0], [0, s, 0], [0, 0, 1]]),
+    ('xfrac', lambda s: [[1, 0, -s * 16], [0, 1, -s * 16], [0, 0, 1]]),
+    ('rotate', None),
+])
+def test_geometric_matrix_per_op(op, expected):
+    pipe = pipe_with(1.0, **{op: 1})
+    pipe._debug = 0.7
+    G = pipe._geometric_matrix(1, 16, 16, 'cpu')[0]
+    q = math.sqrt(2) * torch.erfinv(torch.tensor(0.4)).item()           # Phi^-1(0.7)
+    if op == 'aniso':
+        ref = torch.tensor(expected(2 ** (0.2 * q)))
+    elif op == 'xfrac':
+        ref = torch.tensor(expected(0.125 * q))
+    else:                                                              # two rotations by 0.4 pi each
+        th = 2 * 0.4 * math.pi
+        ref = torch.tensor([[math.cos(th), math.sin(th), 0], [-math.sin(th), math.cos(th), 0], [0, 0, 1]])
+    assert torch.allclose(G, ref, atol=1e-5)
+
+def test_forward_scale_matches_analytic_image():
+    size = 32
+    c = (size - 1) / 2
+    yy, xx = torch.meshgrid(torch.arange(size) - c, torch.arange(size) - c, indexing='ij')
+    image = lambda u, v: torch.cos(0.3 * u - 0.25 * v)
+    x = image(xx, yy).reshape(1, 1, size, size).repeat(2, 3, 1, 1)
+    y = pipe_with(1.0, scale=1)(x, debug_percentile=0.9)
+    s = 2 ** (0.2 * math.sqrt(2) * torch.erfinv(torch.tensor(0.8)).item())   # output(v) = input(v / s)
+    ref = image(xx / s, yy / s)
+    assert (y[:, :, 3:-3, 3:-3] - ref[3:-3, 3:-3]).abs().max() < 0.02
+
+def test_mixed_batch_blit_and_resampled_samples():
+    pipe = AugmentPipe(rotate=1)
+    x = smooth_images(3, 3, 16)
+    th = 0.5
+    rot = torch.tensor([[math.cos(th), -math.sin(th), 0], [math.sin(th), math.cos(th), 0], [0, 0, 1]])
+    flip = torch.diag(torch.tensor([-1., 1, 1]))
+    G = torch.stack([torch.eye(3), rot, flip])
+    y = pipe._warp(x, G)
+    assert torch.equal(y[0], x[0]) and torch.equal(y[2], x[2].flip(2))
+    assert torch.allclose(y[1:2], pipe._resample(x[1:2], G[1:2]), atol=1e-6)

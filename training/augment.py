@@ -82,14 +82,15 @@ def _scale3d(s):
     return m
 
 def _rotate3d(axis, theta):
-    """Rodrigues rotation by theta [N] about the unit 3-vector `axis`."""
-    a = axis.reshape(1, 3, 1)
-    cross = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], device=theta.device)
+    """Rodrigues rotation by theta [N] about the unit 3-vector `axis` (python floats)."""
+    ax, ay, az = axis
+    device = theta.device
+    cross = torch.tensor([[0, -az, ay], [az, 0, -ax], [-ay, ax, 0]], device=device)
+    outer = torch.tensor([[ax * ax, ax * ay, ax * az], [ay * ax, ay * ay, ay * az], [az * ax, az * ay, az * az]], device=device)
     c = theta.cos().reshape(-1, 1, 1)
     s = theta.sin().reshape(-1, 1, 1)
-    r = c * torch.eye(3, device=theta.device) + s * cross + (1 - c) * (a @ a.transpose(1, 2))
-    m = _eye(4, theta.shape[0], theta.device)
-    m[:, :3, :3] = r
+    m = _eye(4, theta.shape[0], device)
+    m[:, :3, :3] = c * torch.eye(3, device=device) + s * cross + (1 - c) * outer
     return m
 
 #----------------------------------------------------------------------------
@@ -388,9 +389,9 @@ class AugmentPipe(torch.nn.Module):
         if not any(s > 0 for s in steps):
             return None
         M = _eye(4, N, device)
-        v = torch.tensor([1., 1., 1.], device=device) / math.sqrt(3)   # luma axis
-        vv = _eye(4, N, device) * 0
-        vv[:, :3, :3] = torch.outer(v, v)
+        v = [1 / math.sqrt(3)] * 3                                     # luma axis
+        vv = torch.zeros([1, 4, 4], device=device)
+        vv[:, :3, :3] = 1 / 3                                          # v v^T
         zero = torch.zeros([N], device=device)
         one = torch.ones([N], device=device)
 
@@ -405,7 +406,7 @@ class AugmentPipe(torch.nn.Module):
         if self.lumaflip > 0:
             i = torch.floor(self._uniform([N], device) * 2)
             i = torch.where(self._fires(self.lumaflip * self.p, N, device), i, zero)
-            M = (_eye(4, N, device) - 2 * vv * i.reshape(N, 1, 1)) @ M   # Householder reflection along v
+            M = (_eye(4, N, device) - 2 * vv * i.reshape(N, 1, 1)) @ M  # Householder reflection along v
         if C > 1 and self.hue > 0:
             theta = (self._uniform([N], device) * 2 - 1) * math.pi * self.hue_max
             theta = torch.where(self._fires(self.hue * self.p, N, device), theta, zero)

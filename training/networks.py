@@ -41,7 +41,7 @@ def _compute_dtype(use_fp16, force_fp32, device):
         return torch.float16
     return torch.float32
 
-def _memory_format(channels_last, dtype, force_fp32):
+def _memory_format(channels_last, force_fp32):
     if channels_last and not force_fp32:
         return torch.channels_last
     return torch.contiguous_format
@@ -395,7 +395,7 @@ class SynthesisBlock(torch.nn.Module):
         misc.assert_shape(ws, [None, self.num_conv + self.num_torgb, self.w_dim])
         w_iter = iter(ws.unbind(dim=1))
         dtype = _compute_dtype(self.use_fp16, force_fp32, ws.device)
-        memory_format = _memory_format(self.channels_last, dtype, force_fp32)
+        memory_format = _memory_format(self.channels_last, force_fp32)
         if fused_modconv is None:
             # The grouped conv is the faster choice in inference; the fp16 path prefers
             # activation scaling unless there is a single sample.
@@ -574,7 +574,7 @@ class DiscriminatorBlock(torch.nn.Module):
     def forward(self, x, img, force_fp32=False):
         device = (x if x is not None else img).device
         dtype = _compute_dtype(self.use_fp16, force_fp32, device)
-        memory_format = _memory_format(self.channels_last, dtype, force_fp32)
+        memory_format = _memory_format(self.channels_last, force_fp32)
 
         if x is not None:
             misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
