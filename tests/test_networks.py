@@ -160,6 +160,17 @@ def test_modulated_conv2d_matches_per_sample_conv(fused, demodulate):
         ref = F.conv2d(x[n:n + 1].double(), wn, padding=1) + noise[n].double()
         assert torch.allclose(out[n:n + 1].double(), ref, atol=1e-5)
 
+@pytest.mark.parametrize('fused', [True, False])
+def test_modulated_conv2d_fp16_input(fused):
+    # fp16 activations with large styles: the pre-normalisation keeps the products finite.
+    torch.manual_seed(6)
+    x, w, s = torch.randn(3, 8, 8, 8), torch.randn(6, 8, 3, 3), torch.randn(3, 8) * 1000
+    noise = torch.randn(3, 1, 8, 8)
+    ref = networks.modulated_conv2d(x, w, s, noise=noise, padding=1, fused_modconv=fused)
+    out = networks.modulated_conv2d(x.half(), w, s, noise=noise, padding=1, fused_modconv=fused)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max() < 1e-2 * ref.abs().max()
+
 def test_demodulated_output_has_unit_variance():
     torch.manual_seed(4)
     x = torch.randn(4, 64, 16, 16)
@@ -389,6 +400,11 @@ def test_utlo_discriminator_uc_branch():
     assert a.shape == (4, 1) and torch.equal(a, b)
     manual = D.out_uc(D.b4.features(D.b8(D.fromrgb_uc(low), None)[0], None))
     assert torch.allclose(a, manual, atol=1e-6)
+    # res_uc = 4: fromrgb_uc feeds the epilogue directly; unconditional D works too.
+    D4 = make_D(16, c_dim=0, res_uc=4)
+    low4 = D4.downsample_uc(torch.randn(4, 3, 16, 16))
+    assert low4.shape == (4, 3, 4, 4)
+    assert torch.allclose(D4(low4, None, uc=True), D4.out_uc(D4.b4.features(D4.fromrgb_uc(low4), None)), atol=1e-6)
     # The conditional head is unchanged by UTLO (same as a base D with the same weights).
     base = make_D(32, seed=1)
     base.load_state_dict({k: v for k, v in D.state_dict().items() if k in base.state_dict()})
