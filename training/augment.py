@@ -229,8 +229,15 @@ class AugmentPipe(torch.nn.Module):
         if debug_percentile is None and float(self.p) == 0:
             return images
         self._debug = None if debug_percentile is None else float(debug_percentile)
-        device = images.device
+        try:
+            return self._augment(images)
+        finally:
+            self._debug = None
 
+    def _augment(self, images):
+        """Geometric, colour, filter, noise, cutout, in that order."""
+        N, C, H, W = images.shape
+        device = images.device
         G_inv = self._geometric_matrix(N, H, W, device)
         if G_inv is not None:
             images = self._warp(images, G_inv)
