@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_utils import misc
 from torch_utils import persistence
 from torch_utils.ops import grid_sample_gradfix
 from torch_utils.ops import upfirdn2d
