@@ -17,21 +17,29 @@ class ImageFiles:
         self.path = path
         if os.path.isdir(path):
             names = [os.path.relpath(os.path.join(root, f), path) for root, _dirs, files in os.walk(path) for f in files]
-            self._zip = None
+            self._is_zip = False
         elif os.path.isfile(path) and zipfile.is_zipfile(path):
-            self._zip = zipfile.ZipFile(path)
-            names = self._zip.namelist()
+            self._is_zip = True
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
         else:
             raise FileNotFoundError(f'--images: "{path}" is neither a folder nor a ZIP file of images')
         self.names = sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
         if not self.names:
             raise ValueError(f'--images: no image files ({", ".join(IMAGE_EXTENSIONS)}) found in "{path}"')
 
+        self._zip, self._zip_pid = None, None
+
     def __len__(self):
         return len(self.names)
 
+    def __getstate__(self):
+        return dict(self.__dict__, _zip=None, _zip_pid=None)  # DataLoader workers reopen the ZIP
+
     def _open(self, name):
-        if self._zip is not None:
+        if self._is_zip:
+            if self._zip is None or self._zip_pid != os.getpid():
+                self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
             return io.BytesIO(self._zip.read(name))
         return open(os.path.join(self.path, name), 'rb')
 

@@ -255,12 +255,26 @@ def _iter_generated(opts, num_items, batch_size, label_sampler):
         c = torch.from_numpy(label_sampler.sample(n)).to(opts.device)
         yield n_all, (generate_images(opts, G, z, c) if n > 0 else None)
 
-def _iter_dataset(opts, dataset, num_items, batch_size):
-    """Yield this rank's uint8 image batches for the first num_items dataset items (round-robin)."""
-    for start in range(0, num_items, batch_size * opts.num_gpus):
-        idx = list(range(start, min(start + batch_size * opts.num_gpus, num_items)))
-        mine = idx[opts.rank::opts.num_gpus]
-        arrays = [np.asarray(dataset[i][0]) for i in mine]
+def _images_only(items):
+    """DataLoader collate: [(image, label), ...] -> [uint8 CHW array, ...] (sizes may differ)."""
+    return [np.asarray(item[0]) for item in items]
+
+def _iter_dataset(opts, dataset, num_items, batch_size, num_workers=None):
+    """Yield (images in this step over all ranks, this rank's uint8 batch as a list of tensors or None).
+
+    Items 0..num_items-1 are dealt round-robin (rank r takes r, r + num_gpus, ...); every rank
+    runs the same number of steps so that the per-step all_gather lines up. Decoding runs
+    in DataLoader workers on GPU machines.
+    """
+    mine = list(range(opts.rank, num_items, opts.num_gpus))
+    steps = -(-num_items // (batch_size * opts.num_gpus))
+    if num_workers is None:
+        num_workers = 3 if opts.device.type == 'cuda' else 0
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=mine, collate_fn=_images_only,
+                                              num_workers=num_workers, prefetch_factor=2 if num_workers else None))
+    for step in range(steps):
+        n_all = min(batch_size * opts.num_gpus, num_items - step * batch_size * opts.num_gpus)
+        arrays = next(loader, None) or []
         # Folder-mode images may differ in size: one tensor per run of equal shapes.
         groups = []
         for a in arrays:
@@ -269,7 +283,7 @@ def _iter_dataset(opts, dataset, num_items, batch_size):
             else:
                 groups.append([a])
         imgs = [to_rgb(torch.from_numpy(np.stack(g)).to(opts.device)) for g in groups]
-        yield len(idx), (imgs or None)
+        yield n_all, (imgs or None)
 
 #----------------------------------------------------------------------------
 # Multi-GPU gathering.

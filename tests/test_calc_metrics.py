@@ -204,3 +204,39 @@ def test_cli_errors(env, tmp_path):
     assert r.exit_code != 0 and '--network' in r.output and '--images' in r.output
     r = _cli('--network', str(tmp_path / 'nope.pkl'))
     assert r.exit_code != 0 and 'nope.pkl' in r.output
+
+@pytest.mark.slow
+def test_two_processes_match_one(env, tmp_path):
+    """--gpus=2 (gloo on CPU): round-robin split + all_gather give the same order-free results."""
+    rng = np.random.RandomState(2)
+    folder = tmp_path / 'fakes'
+    folder.mkdir()
+    for i in range(9):  # odd count: the ranks hold different numbers of items
+        PIL.Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+    out = {}
+    for gpus in (1, 2):
+        run_dir = tmp_path / f'run{gpus}'
+        run_dir.mkdir()
+        r = _cli('--images', folder, '--data', env['data'], '--metrics', 'fid9_full,pr93_full', '--detector', env['tiny'],
+                 '--vgg16', env['tiny'], '--run-dir', run_dir, '--gpus', gpus, '--quiet')
+        assert r.exit_code == 0, r.output
+        out[gpus] = {**_read_jsonl(run_dir, 'fid9_full')[0]['results'], **_read_jsonl(run_dir, 'pr93_full')[0]['results']}
+    assert out[2]['fid9_full'] == pytest.approx(out[1]['fid9_full'], rel=1e-6)
+    assert out[2]['pr93_full_precision'] == out[1]['pr93_full_precision']
+    assert out[2]['pr93_full_recall'] == out[1]['pr93_full_recall']
+
+def test_metric_dataset_kwargs_and_progress(env, tmp_path):
+    _, G = env['snaps'][3]
+    tsk = dict(env['tsk'], label_file='lt_25.json', xflip=False, max_size=7)
+    kw = calc_metrics.metric_dataset_kwargs(None, tsk, G, mirror=True, labels=None)
+    assert (kw.path, kw.label_file, kw.xflip, kw.max_size, kw.resolution, kw.use_labels) == \
+           (env['data'], 'lt_25.json', True, None, 16, True)
+    other = tmp_path / 'other'
+    other.mkdir()
+    kw = calc_metrics.metric_dataset_kwargs(str(other), tsk, G, mirror=None, labels='dataset.json')
+    assert kw.path == str(other) and kw.label_file == 'dataset.json' and kw.xflip is False
+    assert 'label_file' not in calc_metrics.metric_dataset_kwargs(str(other), tsk, G, None, None)
+    calls = []
+    metric_main.calc_metric('fid5_full', G=G, dataset_kwargs=env['tsk'], detector=env['tiny'], cache=False,
+                            progress=lambda stage, done, total: calls.append((stage, done, total)))
+    assert calls[-1][1:] == (5, 5) and any(c[1:] == (NUM_REAL, NUM_REAL) for c in calls)
