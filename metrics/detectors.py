@@ -484,8 +484,13 @@ def _module_from_bytes(data, kind, what, resize_mode):
     try:
         obj = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except Exception:
+        # A whole pickled module (e.g. NVIDIA's .pkl detectors). Unpickling can run code: only
+        # files the user names or the default URLs get here.
         try:
-            obj = pickle.loads(data)  # e.g. a pickled TorchScript / nn.Module detector
+            if data[:2] == b'PK':
+                obj = torch.load(io.BytesIO(data), map_location='cpu', weights_only=False)
+            else:
+                obj = pickle.loads(data)
         except Exception as e:
             raise DetectorError(f'{what}: not a TorchScript module, a state dict or a pickled module ({e}).') from e
     if isinstance(obj, nn.Module) or isinstance(obj, torch.jit.ScriptModule):

@@ -69,6 +69,9 @@ def compute_ppl(opts, num_samples, epsilon=1e-4, space='w', sampling='end', crop
     """PPL over num_samples pairs; space 'z' (slerp) or 'w' (lerp); sampling 'full' (t~U(0,1)) or 'end' (t=0)."""
     assert space in ('z', 'w') and sampling in ('full', 'end')
     G = metric_utils._generator_on_device(opts)
+    if crop and G.img_resolution < 32:
+        raise ValueError(f'PPL with the centre crop needs images of at least 32x32 (VGG16 pools the crop 4 times); '
+                         f'this generator makes {G.img_resolution}x{G.img_resolution}: use ppl2_wend (no crop)')
     vgg, _ = metric_utils.get_detector(opts, 'vgg16')
     dataset = metric_utils.open_dataset(opts.dataset_kwargs) if G.c_dim > 0 else None
     label_sampler = metric_utils.LabelSampler(G.c_dim, dataset=dataset, seed=opts.seed + 2 + opts.rank)

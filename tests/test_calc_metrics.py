@@ -191,6 +191,12 @@ def test_inception_score_and_ppl(env, tmp_path):
     assert np.isfinite(a) and a > 0 and a == b
     z = metric_main.calc_metric('ppl2_wend', G=G, dataset_kwargs=env['tsk'], detector=dict(vgg16=vgg), num_gen=6, seed=1)
     assert z.results.ppl2_wend != a
+    with pytest.raises(ValueError, match='ppl2_wend'):  # the crop of a 16x16 image is too small for VGG16
+        metric_main.calc_metric('ppl_zfull', **kw)
+    from metrics.perceptual_path_length import compute_ppl
+    opts = metric_utils.MetricOptions(G=G, dataset_kwargs=env['tsk'], detector=dict(vgg16=vgg), device='cpu')
+    zfull = compute_ppl(opts, num_samples=6, space='z', sampling='full', crop=False)
+    assert np.isfinite(zfull) and zfull > 0
 
 def test_cli_errors(env, tmp_path):
     snap, _ = env['snaps'][0]

@@ -204,3 +204,21 @@ def test_matches_pytorch_fid_inception(monkeypatch, inception_sd, inception):
         # pytorch-fid scales [0, 1] input by 2x - 1; img / 256 makes that (img - 128) / 128 like ours.
         r = ref(img.float() / 256)[0].flatten(1)
         torch.testing.assert_close(inception(img, return_features=True), r, rtol=1e-5, atol=1e-5)
+
+class _PickledExtractor(torch.nn.Module):
+    def forward(self, x, return_features=False):
+        return x.float().mean(dim=[2, 3])
+
+def test_pickled_module_detector(tmp_path):
+    """Whole pickled modules load too (NVIDIA's .pkl detectors), plain pickle or torch.save."""
+    import pickle
+    img = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    for name, write in (('a.pkl', lambda p: open(p, 'wb').write(pickle.dumps(_PickledExtractor()))),
+                        ('b.pt', lambda p: torch.save(_PickledExtractor(), p))):
+        path = str(tmp_path / name)
+        write(path)
+        net, _ = detectors.load_detector(path, kind='inception')
+        torch.testing.assert_close(net(img, return_features=True), img.float().mean(dim=[2, 3]))
+    (tmp_path / 'junk.bin').write_bytes(b'not a detector')
+    with pytest.raises(detectors.DetectorError, match='not a TorchScript module'):
+        detectors.load_detector(str(tmp_path / 'junk.bin'))
