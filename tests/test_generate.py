@@ -104,3 +104,16 @@ def test_video_without_ffmpeg_is_a_clear_error(tmp_path, uncond, monkeypatch):
     monkeypatch.setitem(sys.modules, 'imageio_ffmpeg', None)  # makes the import fail
     r = _run('--network', uncond[0], '--seeds', '0', '--outdir', tmp_path, '--video')
     assert r.exit_code != 0 and 'imageio-ffmpeg' in r.output
+
+def test_safe_export_gives_identical_images(tmp_path, uncond):
+    legacy = pytest.importorskip('legacy')
+    path, _ = uncond
+    with open(path, 'rb') as f:
+        data = pickle.load(f)
+    st_path, _ = legacy.export_safe(data, str(tmp_path / 'net'))
+    assert _run('--network', path, '--seeds', '6', '--outdir', tmp_path / 'pkl').exit_code == 0
+    r = _run('--network', st_path, '--seeds', '6', '--outdir', tmp_path / 'safe', '--safe')
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / 'pkl' / 'seed0006.png').read_bytes() == (tmp_path / 'safe' / 'seed0006.png').read_bytes()
+    r = _run('--network', path, '--seeds', '6', '--outdir', tmp_path / 'x', '--safe')
+    assert r.exit_code != 0 and 'pickle' in r.output
