@@ -50,7 +50,7 @@ class APAPlugin(Plugin):
             raise ValueError(f'--apa-fixed-p must be in [0, 1], got {fixed}')
         if opts.get('with_dataaug'):
             from training import augment
-            if opts.get('augpipe', 'bgc') not in augment.augpipe_specs:
+            if (opts.get('augpipe') or 'bgc') not in augment.augpipe_specs:
                 raise ValueError(f'--augpipe={opts.get("augpipe")} is unknown; choose one of: '
                                  f'{", ".join(sorted(augment.augpipe_specs))}')
 

@@ -62,6 +62,10 @@ def old_class_embeddings(embed, n_old, device='cpu'):
         eye = torch.eye(n_old, device=device)
         return embed.to(device)(eye).t().contiguous()
 
+def _is_combined(module):
+    """True for a CombinedEmbedding, also one rebuilt from a pickle's embedded source."""
+    return isinstance(module, torch.nn.Module) and type(module).__name__ == 'CombinedEmbedding'
+
 def fresh_like(module):
     """A freshly initialised copy of a persistent layer, from its recorded constructor arguments."""
     if not hasattr(module, 'init_args'):
@@ -168,6 +172,10 @@ class TransferPlugin(Plugin):
         n_new = G.c_dim
         if n_new <= 0:
             raise ValueError('--method=transfer needs a labelled dataset (--cond=1)')
+        if ctx.get('full_resume') and not _is_combined(getattr(resume['G'].mapping, 'embed', None)):
+            # A pretrained snapshot of another run: its counters, optimizer moments and plugin
+            # state belong to the old classes. Ask the loop for a weights-only resume.
+            ctx.full_resume = False
         embed = self.build_embedding(resume['G'], n_new, G.mapping.embed_features, G.mapping.embed.weight.device)
         G.mapping.embed = embed
         G_ema.mapping.embed = copy.deepcopy(embed)
@@ -185,7 +193,7 @@ class TransferPlugin(Plugin):
     def build_embedding(self, G_old, n_new, features, device):
         """CombinedEmbedding for n_new classes from the pretrained generator's embedding."""
         old = getattr(G_old.mapping, 'embed', None) if G_old.mapping.c_dim > 0 else None
-        if isinstance(old, torch.nn.Module) and hasattr(old, 'E_old') and hasattr(old, 'A'):
+        if _is_combined(old):
             if old.n_new != n_new:
                 raise ValueError(f'the snapshot was transferred to {old.n_new} classes, the dataset has {n_new}')
             return copy.deepcopy(old).to(device)        # continuing a transfer run (e.g. bn -> ft)

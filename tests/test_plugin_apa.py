@@ -163,3 +163,28 @@ def test_state_roundtrip():
     other.load_state(state)
     assert float(other.p) == pytest.approx(0.37)
     assert other.controller.speed_kimg == 100       # resume speed comes from this run's options
+
+#----------------------------------------------------------------------------
+# Integration: a few CPU iterations of the training loop.
+
+@pytest.mark.slow
+def test_training_loop_apa_with_ada_and_regan(tmp_path):
+    from plugin_train_util import make_dataset, read_stats, tiny_config, train
+    data = make_dataset(tmp_path / 'data')
+    c = tiny_config(data, tmp_path / 'run', aug='apa', methods=['regan'], kimg=0.016, with_dataaug=True,
+                    regan_warmup=1, regan_g=2)
+    assert c.plugin_names == ['apa', 'regan'] and c.desc == 'apa-wdataaug-regan-s0.3-g2'
+    result, snapshot = train(c)
+    assert result.batch_idx == 4
+    apa_plugin = result.plugins['apa']
+    assert snapshot['augment_pipe'] is not None
+    assert float(snapshot['augment_pipe'].p) == pytest.approx(snapshot['resume_state']['plugins']['apa']['p'])
+    assert float(apa_plugin.p) == float(apa_plugin.augment_pipe.p)
+    assert apa_plugin.pseudo is not None and apa_plugin.pseudo.shape == (4, 3, 16, 16)
+    # Re-GAN ran warm-up (it 0) then sparse (it 1, 2) then dense (it 3): masks saved, G regrowing.
+    regan_state = snapshot['resume_state']['plugins']['regan']
+    assert regan_state['mode'] == 'dense' and len(regan_state['masks']) > 0
+    stats = read_stats(c.run_dir)
+    assert 'Progress/augment' in stats and 'ReGAN/sparsity' in stats
+    img = snapshot['G_ema'](torch.randn(2, 32), torch.zeros([2, 0]), noise_mode='const')
+    assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()

@@ -115,3 +115,17 @@ def test_plugin_activation_and_policy():
     p = diffaug.DiffAugPlugin(dict(opts, aug='diffaug', diffaug_policy=''), 'cpu')
     x = _images()
     assert torch.equal(p.augment_D_input(x, True, 'Dmain'), x)
+
+@pytest.mark.slow
+def test_training_loop_ada_plus_diffaugment(tmp_path, monkeypatch):
+    from plugin_train_util import make_dataset, tiny_config, train
+    calls = []
+    original = diffaug.diff_augment
+    monkeypatch.setattr(diffaug, 'diff_augment', lambda x, policy: calls.append(x.shape) or original(x, policy))
+    c = tiny_config(make_dataset(tmp_path / 'data'), tmp_path / 'run', aug='ada', diffaug_policy='color,translation,cutout')
+    assert c.plugin_names == ['ada', 'diffaug']
+    result, snapshot = train(c)
+    assert result.batch_idx == 3
+    # Every D input went through DiffAugment: Gmain fakes, Dmain fakes + reals, Dreg reals (first iteration).
+    assert len(calls) == 3 * (1 + 2) + 1
+    assert torch.isfinite(result.loss.pl_mean)

@@ -253,3 +253,24 @@ def test_validation_and_describe():
     with pytest.raises(ValueError, match='--advaug-sign'):
         lottery.LotteryPlugin.validate('noaug', ['lottery'], _opts(advaug_sign='down'))
     assert lottery.LotteryPlugin.describe(_opts(imp_rounds=2, imp_kimg=1)) == 'lottery-imp2x1k-p0.2-advaug0.01'
+
+@pytest.mark.slow
+def test_training_loop_ticket_search_then_advaug(tmp_path):
+    from plugin_train_util import make_dataset, read_stats, tiny_config, train
+    data = make_dataset(tmp_path / 'data')
+    c = tiny_config(data, tmp_path / 'run', methods=['lottery'], kimg=0.016, imp_rounds=1, imp_kimg=0.008)
+    result, snapshot = train(c)
+    plugin = result.plugins['lottery']
+    assert plugin.round == 1 and plugin.advaug_active()
+    assert (tmp_path / 'run' / 'ticket-round01.pt').is_file()
+    names = list(plugin.masks)
+    for G in (snapshot['G'], snapshot['G_ema']):
+        assert _nonzero_fraction(G, names) == pytest.approx(0.8, abs=0.01)
+    stats = read_stats(c.run_dir)
+    assert stats['Lottery/density'][-1] == pytest.approx(0.8, abs=0.001)
+    assert 'Lottery/advaug/scores_real' in stats and 'Lottery/advaug/scores_G' in stats
+    # Train the saved ticket in a new run: same masks, AdvAug on from the first iteration.
+    c2 = tiny_config(data, tmp_path / 'run2', methods=['lottery'], kimg=0.008, ticket=str(tmp_path / 'run' / 'ticket-round01.pt'))
+    result2, snapshot2 = train(c2)
+    assert all(torch.equal(result2.plugins['lottery'].masks[n], plugin.masks[n]) for n in names)
+    assert _nonzero_fraction(snapshot2['G_ema'], names) == pytest.approx(0.8, abs=0.01)

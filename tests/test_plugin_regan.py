@@ -181,3 +181,33 @@ def test_validation_messages():
         regan.ReGANPlugin.validate('noaug', ['regan'], _opts(regan_sparsity=1.5))
     with pytest.raises(ValueError, match='--regan-refresh'):
         regan.ReGANPlugin.validate('noaug', ['regan'], _opts(regan_refresh='sometimes'))
+
+@pytest.mark.slow
+def test_training_loop_regan_and_resume(tmp_path):
+    from plugin_train_util import make_dataset, read_stats, tiny_config, train
+    data = make_dataset(tmp_path / 'data')
+    c = tiny_config(data, tmp_path / 'run1', methods=['regan'], kimg=0.012, regan_warmup=1, regan_g=2)
+    result, snapshot = train(c)
+    plugin = result.plugins['regan']
+    assert plugin.mode == regan.SPARSE          # iterations: warm-up, sparse, sparse
+    G_opt = result.phases[0].opt
+    assert G_opt.param_groups[0]['lr'] == pytest.approx(result.phases[0].lr)
+    state = snapshot['resume_state']['plugins']['regan']
+    for G in (snapshot['G'], snapshot['G_ema']):
+        params = dict(G.named_parameters())
+        for name, mask in state['masks'].items():
+            assert bool((params[name][mask] == 0).all())
+    assert state['masks']['mapping.fc0.weight'].float().mean() == pytest.approx(0.3, abs=0.01)
+    assert all(not m.any() for n, m in plugin.masks.items() if 'torgb' in n) and not any('torgb' in n for n in plugin.masks)
+    D0 = dict(snapshot['D'].named_parameters())
+    assert all(bool((p != 0).all()) for n, p in D0.items() if p.ndim > 1)
+    stats = read_stats(c.run_dir)
+    assert stats['ReGAN/phase'][-1] == 1 and stats['ReGAN/sparsity'][-1] > 0.25
+    # Resume: the schedule continues at iteration 3 (dense, LR x 0.1) with the saved masks.
+    snap = sorted(tmp_path.joinpath('run1').glob('network-snapshot-*.pkl'))[-1]
+    c2 = tiny_config(data, tmp_path / 'run2', methods=['regan'], kimg=0.016, resume=snap, regan_warmup=1, regan_g=2)
+    result2, _ = train(c2)
+    plugin2 = result2.plugins['regan']
+    assert result2.batch_idx == 4 and plugin2.mode == regan.DENSE
+    assert result2.phases[0].opt.param_groups[0]['lr'] == pytest.approx(0.1 * result2.phases[0].lr)
+    assert all(torch.equal(plugin2.masks[n], state['masks'][n]) for n in state['masks'])

@@ -122,9 +122,9 @@ def test_regulariser_values_on_hand_set_tensors():
         emb.a_bias.copy_(torch.tensor([0.5, -0.5, 1.0]))             # mean |b| = 2/3
         emb.R.fill_(2.0)                                             # mean R^2 = 4
     comb_l1, res_l2 = transfer.regularizers(emb)
-    assert float(comb_l1) == pytest.approx(1 + 2 / 3) and float(res_l2) == pytest.approx(4)
+    assert float(comb_l1.detach()) == pytest.approx(1 + 2 / 3) and float(res_l2.detach()) == pytest.approx(4)
     term = plugin.extra_loss('Gmain', dnnlib.EasyDict(G=G_new))
-    assert float(term) == pytest.approx(0.01 * (1 + 2 / 3) + 0.1 * 4)
+    assert float(term.detach()) == pytest.approx(0.01 * (1 + 2 / 3) + 0.1 * 4)
     assert plugin.extra_loss('Dmain', dnnlib.EasyDict(G=G_new)) is None
 
 @pytest.mark.parametrize('bias', [True, False])
@@ -185,3 +185,52 @@ def test_state_roundtrip_and_validation():
     c = dnnlib.EasyDict(resume_pkl=None, training_set_kwargs=dict(use_labels=True))
     with pytest.raises(ValueError, match='--resume'):
         transfer.TransferPlugin.configure(c, _opts())
+
+def _pretrained(tmp_path, weights_only):
+    """A 3-class conditional snapshot from a 1-iteration run (weights_only: without resume_state,
+    like an upstream network pickle)."""
+    from plugin_train_util import make_dataset, tiny_config, train
+    old_data = make_dataset(tmp_path / 'old', n=12, classes=3)
+    _, snapshot = train(tiny_config(old_data, tmp_path / 'run_old', cond=True, kimg=0.004))
+    path = sorted((tmp_path / 'run_old').glob('network-snapshot-*.pkl'))[-1]
+    if weights_only:
+        snapshot.pop('resume_state')
+        path = tmp_path / 'pretrained.pkl'
+        with open(path, 'wb') as f:
+            pickle.dump(snapshot, f)
+    return path
+
+@pytest.mark.slow
+def test_training_loop_transfer_and_generate_without_plugin(tmp_path):
+    import subprocess, sys, os
+    from plugin_train_util import make_dataset, tiny_config, train
+    old_snap = _pretrained(tmp_path, weights_only=True)
+    new_data = make_dataset(tmp_path / 'new', n=8, classes=2, seed=1)
+    c = tiny_config(new_data, tmp_path / 'run_new', methods=['transfer'], cond=True, kimg=0.008, resume=old_snap)
+    result, snapshot = train(c)
+    G = result.G
+    assert type(G.mapping.embed).__name__ == 'CombinedEmbedding' and G.mapping.embed.n_old == 3 and G.c_dim == 2
+    trained = {n for n, p in G.named_parameters() if id(p) in {id(q) for q in result.phases[0].trainable}}
+    assert trained == {'mapping.embed.E_old', 'mapping.embed.A', 'mapping.embed.a_bias', 'mapping.embed.R'}
+    # A fresh process loads the snapshot and generates with no plugin option (as generate.py does).
+    snap = sorted((tmp_path / 'run_new').glob('network-snapshot-*.pkl'))[-1]
+    code = ('import sys, torch, legacy\n'
+            'data = legacy.load_network_pkl(open(sys.argv[1], "rb"))\n'
+            'G = data["G_ema"]\n'
+            'img = G(torch.randn(2, G.z_dim), torch.eye(G.c_dim), noise_mode="const")\n'
+            'assert "plugins.transfer" not in sys.modules, "generation must not need the plugin"\n'
+            'print(type(G.mapping.embed).__name__, tuple(img.shape), bool(torch.isfinite(img).all()))\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, '-c', code, str(snap)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1].split() == ['CombinedEmbedding', '(2,', '3,', '16,', '16)', 'True']
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason='needs training_loop to honour ctx.full_resume=False set by the transfer plugin in setup '
+                          '(a full snapshot of another run must resume weights-only)', strict=False)
+def test_training_loop_transfer_from_a_full_snapshot(tmp_path):
+    from plugin_train_util import make_dataset, tiny_config, train
+    old_snap = _pretrained(tmp_path, weights_only=False)
+    new_data = make_dataset(tmp_path / 'new', n=8, classes=2, seed=1)
+    result, _ = train(tiny_config(new_data, tmp_path / 'run_new', methods=['transfer'], cond=True, kimg=0.008, resume=old_snap))
+    assert result.cur_nimg == 8     # counted from 0, not from the pretrained run's kimg

@@ -2,6 +2,8 @@
 
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -138,3 +140,21 @@ def test_fakes_uc_grid(tmp_path):
     assert files == ['fakes_uc000002.png']
     img = PIL.Image.open(tmp_path / files[0])
     assert img.size == (8 * 8, C_DIM * 8)     # 8 columns, one row per class, res_uc = 8
+
+@pytest.mark.slow
+def test_training_loop_utlo(tmp_path):
+    from plugin_train_util import make_dataset, read_stats, tiny_config, train
+    c = tiny_config(make_dataset(tmp_path / 'data'), tmp_path / 'run', methods=['utlo'], cond=True, utlo_grid_ticks=1)
+    assert c.G_kwargs.res_uc == 8 and c.D_kwargs.res_uc == 8
+    result, snapshot = train(c)
+    assert result.batch_idx == 3
+    stats = read_stats(c.run_dir)
+    for name in ['Loss/G/loss_uc', 'Loss/scores/real_uc', 'Loss/signs/fake_uc']:
+        assert name in stats and all(np.isfinite(stats[name]))
+    # Named by kimg like fakesNNNNNN.png (all three ticks fall in kimg 0 here).
+    assert [p.name for p in tmp_path.joinpath('run').glob('fakes_uc*.png')] == ['fakes_uc000000.png']
+    G = snapshot['G_ema']
+    z, c1, c2 = torch.randn(2, 32), torch.eye(3)[[0, 0]], torch.eye(3)[[2, 2]]
+    img1, uc1 = G(z, c1, noise_mode='const', add_uc=True)
+    img2, uc2 = G(z, c2, noise_mode='const', add_uc=True)
+    assert torch.equal(uc1, uc2) and not torch.equal(img1, img2)

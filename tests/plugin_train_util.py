@@ -1,0 +1,80 @@
+"""Helpers for the plugin integration tests: a tiny labelled dataset and a training_loop
+config with small networks (16x16, 32 channels, batch 4), resolved through the plugin
+registry the same way train.py does (validate, configure, describe)."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import PIL.Image
+
+import dnnlib
+import plugins
+from training import training_loop
+
+def make_dataset(path, n=16, classes=3, res=16, seed=0):
+    """Folder dataset of n RGB images with a coloured square per class and dataset.json labels."""
+    os.makedirs(path, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    labels = []
+    for i in range(n):
+        k = i % classes
+        img = np.zeros([res, res, 3], np.uint8) + rng.randint(0, 255, [1, 1, 3]).astype(np.uint8)
+        img[res // 4:3 * res // 4, res // 4:3 * res // 4] = 255 * (np.arange(3) == k % 3)
+        PIL.Image.fromarray(img).save(os.path.join(path, f'img{i:08d}.png'))
+        labels.append([f'img{i:08d}.png', k])
+    with open(os.path.join(path, 'dataset.json'), 'w') as f:
+        json.dump({'labels': labels}, f)
+    return str(path)
+
+def tiny_config(data, run_dir, aug='noaug', methods=(), cond=False, kimg=0.012, resume=None, **plugin_opts):
+    """A training_loop config (3 iterations of batch 4 by default) with the given plugins resolved."""
+    c = dnnlib.EasyDict(run_dir=str(run_dir), random_seed=0, num_gpus=1, batch_size=4, batch_gpu=4, total_kimg=kimg,
+        training_set_kwargs=dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=str(data),
+                                            use_labels=cond, resolution=16, max_size=None, xflip=False),
+        data_loader_kwargs=dnnlib.EasyDict(num_workers=0),
+        G_kwargs=dnnlib.EasyDict(class_name='training.networks.Generator', z_dim=32, w_dim=32,
+                                 mapping_kwargs=dnnlib.EasyDict(num_layers=2),
+                                 synthesis_kwargs=dnnlib.EasyDict(channel_base=256, channel_max=32)),
+        D_kwargs=dnnlib.EasyDict(class_name='training.networks.Discriminator', architecture='resnet', channel_base=256,
+                                 channel_max=32, block_kwargs=dnnlib.EasyDict(), mapping_kwargs=dnnlib.EasyDict(num_layers=1),
+                                 epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=2)),
+        G_opt_kwargs=dnnlib.EasyDict(class_name='torch.optim.Adam', lr=0.0025, betas=[0, 0.99], eps=1e-8),
+        D_opt_kwargs=dnnlib.EasyDict(class_name='torch.optim.Adam', lr=0.0025, betas=[0, 0.99], eps=1e-8),
+        loss_kwargs=dnnlib.EasyDict(class_name='training.loss.StyleGAN2Loss', r1_gamma=0.05, style_mixing_prob=0.9, pl_weight=2),
+        ema_kimg=0.01, kimg_per_tick=0.004, image_snapshot_ticks=None, network_snapshot_ticks=100, image_grid_max=2,
+        metrics=[], resume_pkl=None if resume is None else str(resume), device='cpu')
+    opts = dnnlib.EasyDict(plugins.default_opts())
+    opts.update(plugin_opts)
+    opts.update(aug=aug, methods=list(methods), p=opts.get('p'), target=opts.get('target'), augpipe=opts.get('augpipe'),
+                ada_kimg=100 if resume else 500, batch_size=4, batch_gpu=4, total_kimg=kimg)
+    active = plugins.resolve(aug, list(methods), opts)
+    opts.target = 0.6 if opts.target is None else opts.target     # train.py's defaults, after validation
+    opts.augpipe = opts.augpipe or 'bgc'
+    for cls in active:
+        cls.configure(c, opts)
+    c.plugin_names = [cls.name for cls in active]
+    c.plugin_opts = dict(opts)
+    c.desc = '-'.join(cls.describe(opts) for cls in active)
+    return c
+
+def train(c):
+    """Run training_loop on config c; returns (loop result, last snapshot dict)."""
+    os.makedirs(c.run_dir, exist_ok=True)
+    kwargs = {k: v for k, v in c.items() if k != 'desc'}
+    result = training_loop.training_loop(**kwargs)
+    snaps = sorted(f for f in os.listdir(c.run_dir) if f.startswith('network-snapshot-'))
+    with open(os.path.join(c.run_dir, snaps[-1]), 'rb') as f:
+        snapshot = pickle.load(f)
+    return result, snapshot
+
+def read_stats(run_dir):
+    """All stats.jsonl lines merged: {name: [mean per tick]}."""
+    stats = {}
+    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
+        for line in f:
+            for name, value in json.loads(line).items():
+                if isinstance(value, dict):
+                    stats.setdefault(name, []).append(value['mean'])
+    return stats
