@@ -160,7 +160,8 @@ def host_kernel(tmp_path_factory):
 
 
 def _run_host(exe, dtype_id, act, order, alpha, gain, clamp, g, bias, xref, yref, dim_stride):
-    args = [exe, str(dtype_id), str(ba.activation_funcs[act].cuda_idx), str(order), repr(alpha), repr(gain),
+    act_idx = ba.activation_funcs[act].cuda_idx if isinstance(act, str) else int(act)
+    args = [exe, str(dtype_id), str(act_idx), str(order), repr(alpha), repr(gain),
             repr(clamp), str(g.numel()), str(bias.numel() if bias is not None else 0), str(dim_stride),
             str(int(xref is not None)), str(int(yref is not None))]
     data = [g.flatten()] + [t.flatten() for t in (bias, xref, yref) if t is not None]
@@ -213,6 +214,61 @@ def test_kernel_element_math_fp16_storage(host_kernel):
                         float(ba.activation_funcs[act].def_gain), -1.0, xh, bh, None, None, 4)
         want = ba.bias_act(xh, bh, act=act)
         assert ((got - want).abs() / (want.abs() + 1e-3)).max() < 1e-3, act
+
+class _HostPlugin:
+    """Stands in for the compiled extension (same calls), running the host build in float64."""
+
+    def __init__(self, exe):
+        self.exe = exe
+        self.calls = 0
+
+    @staticmethod
+    def _opt(t):
+        return t if t is not None and t.numel() else None
+
+    def forward(self, x, b, dim, act, alpha, gain, clamp):
+        return self.grad(x, None, b, None, dim, act, alpha, gain, clamp, 0)
+
+    def grad(self, g, xref, b, yref, dim, act, alpha, gain, clamp, order):
+        self.calls += 1
+        assert g.is_contiguous()
+        out = _run_host(self.exe, 3, act, order, alpha, gain, clamp, g.detach(), self._opt(b),
+                        self._opt(xref), self._opt(yref), g.stride(dim))
+        return out.to(g.dtype)
+
+
+@pytest.mark.parametrize('clamp', [None, 0.9])
+def test_cuda_autograd_wiring_with_host_kernel(host_kernel, monkeypatch, clamp):
+    """The CUDA path's Functions (what they save, y- vs x-referenced derivatives, the second-order
+    kernel and its routing to x and b) with the host build standing in for the GPU kernel."""
+    plugin = _HostPlugin(host_kernel)
+    monkeypatch.setattr(ba, '_load_plugin', lambda: plugin)
+    for act in ACTS:
+        x, b = _inputs((2, 3, 4), seed=6)
+        if clamp is not None:
+            y0 = ba.bias_act(x, b, act=act).abs()
+            x = torch.where((y0 - clamp).abs() < 0.05, x * 0.8, x)
+        fn = ba._bias_act_cuda(dim=1, act=act, clamp=clamp)
+        results = []
+        for impl in (lambda x, b: fn.apply(x, b), lambda x, b: ba._bias_act_ref(x, b, act=act, clamp=clamp)):
+            xx = x.clone().requires_grad_(True)
+            bb = b.clone().requires_grad_(True)
+            y = impl(xx, bb)
+            dy = torch.linspace(-1, 2, y.numel(), dtype=torch.float64).reshape(y.shape)
+            dx, db = torch.autograd.grad(y, [xx, bb], dy, create_graph=True)
+            if ba.activation_funcs[act].has_2nd_grad:
+                d2 = torch.autograd.grad((dx * torch.cos(xx.detach())).sum() + db.square().sum(), [xx, bb])
+            else:
+                d2 = ()
+            results.append([y, dx, db, *d2])
+        for name, got, want in zip(('y', 'dx', 'db', 'd2x', 'd2b'), *results):
+            assert (got - want).abs().max() < 1e-12, (act, clamp, name)
+    x, b = _inputs((2, 3, 4), seed=7)
+    fn = ba._bias_act_cuda(dim=1, act='swish', clamp=clamp)
+    args = (x.requires_grad_(True), b.requires_grad_(True))
+    assert torch.autograd.gradgradcheck(lambda x, b: fn.apply(x, b), args, eps=1e-6, atol=1e-6, fast_mode=True)
+    assert plugin.calls > 0
+
 
 #----------------------------------------------------------------------------
 # CUDA op vs reference (needs a GPU). Tolerances: relative to the output's max magnitude,

@@ -47,12 +47,22 @@ activation_funcs = {
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+_plugin = None
+_plugin_tried = False
+
+
 def _load_plugin():
-    """The compiled extension, or None (no CUDA, or the build failed and was reported)."""
-    if not torch.cuda.is_available():
-        return None
-    return custom_ops.get_plugin('toolkit_bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'],
-                                 headers=['bias_act.h'], source_dir=_SOURCE_DIR)
+    """The compiled extension, or None (no CUDA, or the build failed and was reported).
+
+    Looked up once per process: get_plugin hashes the sources, which is too slow per call.
+    """
+    global _plugin, _plugin_tried
+    if not _plugin_tried:
+        if torch.cuda.is_available():
+            _plugin = custom_ops.get_plugin('toolkit_bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'],
+                                            headers=['bias_act.h'], source_dir=_SOURCE_DIR)
+        _plugin_tried = True    # not reached when TOOLKIT_STRICT_OPS makes a failure raise
+    return _plugin
 
 
 custom_ops.register_plugin('toolkit_bias_act_plugin', _load_plugin)
@@ -94,7 +104,7 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     if b is not None:
         if b.ndim != 1 or b.shape[0] != x.shape[dim]:
             raise ValueError(f'bias_act: b must have shape [{x.shape[dim]}] (x.shape[{dim}]), got {list(b.shape)}')
-    if impl == 'cuda' and x.is_cuda:
+    if impl == 'cuda' and x.is_cuda and (b is None or (b.dtype == x.dtype and b.device == x.device)):
         plugin = _load_plugin()
         if plugin is not None:
             return _bias_act_cuda(dim=dim % x.ndim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)

@@ -18,12 +18,22 @@ from torch_utils import custom_ops
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+_plugin = None
+_plugin_tried = False
+
+
 def _load_plugin():
-    """The compiled extension, or None (no CUDA, or the build failed and was reported)."""
-    if not torch.cuda.is_available():
-        return None
-    return custom_ops.get_plugin('toolkit_upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
-                                 headers=['upfirdn2d.h'], source_dir=_SOURCE_DIR)
+    """The compiled extension, or None (no CUDA, or the build failed and was reported).
+
+    Looked up once per process: get_plugin hashes the sources, which is too slow per call.
+    """
+    global _plugin, _plugin_tried
+    if not _plugin_tried:
+        if torch.cuda.is_available():
+            _plugin = custom_ops.get_plugin('toolkit_upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
+                                            headers=['upfirdn2d.h'], source_dir=_SOURCE_DIR)
+        _plugin_tried = True    # not reached when TOOLKIT_STRICT_OPS makes a failure raise
+    return _plugin
 
 
 custom_ops.register_plugin('toolkit_upfirdn2d_plugin', _load_plugin)
@@ -162,7 +172,7 @@ def _upfirdn2d_ref(x, f, up=(1, 1), down=(1, 1), padding=(0, 0, 0, 0), flip_filt
 
     # 3. Filter. conv2d correlates, so flip the taps to convolve (unless flip_filter).
     f = f * (gain ** (f.ndim / 2))
-    f = f.to(x.dtype)
+    f = f.to(device=x.device, dtype=x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:
@@ -208,7 +218,7 @@ def _upfirdn2d_cuda(up, down, padding, flip_filter, gain):
             plugin = _load_plugin()
             if f is None:
                 f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-            kf = f.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+            kf = f.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
             y = x
             if f.ndim == 2:
                 y = plugin.upfirdn2d(y, kf, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, gain)
