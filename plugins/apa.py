@@ -33,7 +33,7 @@ class APAPlugin(Plugin):
     options = [
         Option('with-dataaug', type=bool, default=False,
                help='APA: also apply the ADA pipeline (--augpipe) in every D call; its p is shared '
-                    'with APA\'s p as in the APA reference [default: false]'),
+                    'with APA\'s p as in the APA reference'),
         Option('apa-fixed-p', type=float, default=None,
                help='APA: keep p constant at this value instead of adapting it to --target'),
     ]

@@ -94,17 +94,17 @@ def feature_perturbation(fn, f, gamma, steps, direction=1.0):
 @register('lottery')
 class LotteryPlugin(Plugin):
     options = [
-        Option('imp-rounds', type=int, default=0, help='lottery: rounds of iterative magnitude pruning before training the ticket [default: 0]'),
-        Option('imp-percent', type=float, default=0.2, help='lottery: fraction of the remaining G conv weights pruned per round [default: 0.2]'),
-        Option('imp-kimg', type=float, default=None, help='lottery: training length of each IMP round, in kimg'),
-        Option('rewind-d', type=bool, default=True, help='lottery: rewind D to its initial weights after each round / for a ticket [default: true]'),
+        Option('imp-rounds', type=int, default=0, help='lottery: rounds of iterative magnitude pruning before training the ticket'),
+        Option('imp-percent', type=float, default=0.2, help='lottery: fraction of the remaining G conv weights pruned per round'),
+        Option('imp-kimg', type=float, default=None, help='lottery: training length of each IMP round, in kimg; after the last round the ticket trains for the rest of --kimg'),
+        Option('rewind-D', type=bool, default=True, help='lottery: rewind D to its initial weights after each round / for a ticket'),
         Option('ticket', type=str, default=None, help='lottery: train this ticket (a ticket-*.pt file written by a search)'),
         Option('ticket-out', type=str, default=None, help='lottery: also write the latest ticket to this path [default: run dir only]'),
-        Option('advaug-gamma', type=float, default=0.01, help='lottery: AdvAug step size on features (0 disables AdvAug) [default: 0.01]'),
-        Option('advaug-steps', type=int, default=1, help='lottery: AdvAug sign-gradient steps [default: 1]'),
+        Option('advaug-gamma', type=float, default=0.01, help='lottery: AdvAug step size on features (0 disables AdvAug)'),
+        Option('advaug-steps', type=int, default=1, help='lottery: AdvAug sign-gradient steps'),
         Option('advaug-sign', type=str, default='ref',
-               help='lottery: AdvAug direction: ref (raise D\'s logit for reals and fakes, as the reference) or loss_ascent [default: ref]'),
-        Option('advaug-g-target', type=str, default='b4', help='lottery: G feature AdvAug perturbs: b4 (the 4x4 block output) or ws [default: b4]'),
+               help='lottery: AdvAug direction: ref (raise D\'s logit for reals and fakes, as the reference) or loss_ascent'),
+        Option('advaug-G-target', type=str, default='b4', help='lottery: G feature AdvAug perturbs: b4 (the 4x4 block output) or ws'),
     ]
 
     @classmethod
@@ -128,8 +128,8 @@ class LotteryPlugin(Plugin):
             raise ValueError('--advaug-gamma must be >= 0 and --advaug-steps >= 1')
         if opts.get('advaug_sign') not in ('ref', 'loss_ascent'):
             raise ValueError(f'--advaug-sign must be ref or loss_ascent, got {opts.get("advaug_sign")}')
-        if opts.get('advaug_g_target') not in ('b4', 'ws'):
-            raise ValueError(f'--advaug-g-target must be b4 or ws, got {opts.get("advaug_g_target")}')
+        if opts.get('advaug_G_target') not in ('b4', 'ws'):
+            raise ValueError(f'--advaug-G-target must be b4 or ws, got {opts.get("advaug_g_target")}')
 
     @classmethod
     def describe(cls, opts):
@@ -147,11 +147,11 @@ class LotteryPlugin(Plugin):
         self.rounds = int(opts.get('imp_rounds') or 0)
         self.percent = float(opts.get('imp_percent') or 0.2)
         self.round_nimg = int(float(opts.get('imp_kimg') or 0) * 1000)
-        self.rewind_D = bool(opts.get('rewind_d', True))
+        self.rewind_D = bool(opts.get('rewind_D', True))
         self.gamma = float(opts.get('advaug_gamma') or 0)
         self.steps = int(opts.get('advaug_steps') or 1)
         self.sign = opts.get('advaug_sign') or 'ref'
-        self.g_target = opts.get('advaug_g_target') or 'b4'
+        self.g_target = opts.get('advaug_G_target') or 'b4'
         self.round = 0                  # completed IMP rounds
         self.round_start_nimg = 0
         self.masks = {}

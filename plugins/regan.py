@@ -79,15 +79,15 @@ def uses_per_image(name, param):
 @register('regan')
 class ReGANPlugin(Plugin):
     options = [
-        Option('regan-sparsity', type=float, default=0.3, help='Re-GAN: fraction of each G tensor pruned in sparse phases [default: 0.3]'),
-        Option('regan-g', type=int, default=5000, help='Re-GAN: length of each sparse and dense phase, in iterations [default: 5000]'),
-        Option('regan-warmup', type=int, default=10000, help='Re-GAN: dense warm-up iterations before the first sparse phase [default: 10000]'),
+        Option('regan-sparsity', type=float, default=0.3, help='Re-GAN: fraction of each G tensor pruned in sparse phases'),
+        Option('regan-g', type=int, default=5000, help='Re-GAN: length of each sparse and dense phase, in iterations'),
+        Option('regan-warmup', type=int, default=10000, help='Re-GAN: dense warm-up iterations before the first sparse phase'),
         Option('regan-refresh', type=str, default='every_step',
                help='Re-GAN: recompute masks on every sparse iteration (every_step, StyleGAN2 ref) or only when a sparse phase starts (phase_start)'),
-        Option('regan-exclude', type=str, default='torgb', help='Re-GAN: regex of G parameter names never pruned [default: torgb]'),
-        Option('regan-skip-bias', type=bool, default=False, help='Re-GAN: also leave biases and 1-element tensors dense [default: false]'),
+        Option('regan-exclude', type=str, default='torgb', help='Re-GAN: regex of G parameter names never pruned'),
+        Option('regan-skip-bias', type=bool, default=False, help='Re-GAN: also leave biases and 1-element tensors dense'),
         Option('regan-ref-extra-sparse-iter', type=bool, default=False,
-               help='Re-GAN: make the first sparse phase g+1 iterations long, like the StyleGAN2 ref [default: false]'),
+               help='Re-GAN: make the first sparse phase g+1 iterations long, like the StyleGAN2 ref'),
     ]
 
     @classmethod

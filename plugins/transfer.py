@@ -125,12 +125,12 @@ def _register_when_imported(name):
 class TransferPlugin(Plugin):
     options = [
         Option('transfer-stage', type=str, default='bn',
-               help='transfer: bn = train only the class combination (A, R, E_old); ft = train all of G except A and E_old [default: bn]'),
-        Option('transfer-comb-l1', type=float, default=0.01, help='transfer: weight of the L1 penalty on A [default: 0.01]'),
-        Option('transfer-res-l2', type=float, default=0.01, help='transfer: weight of the L2 penalty on R [default: 0.01]'),
-        Option('transfer-sn', type=bool, default=True, help='transfer: spectral-normalise A [default: true]'),
-        Option('transfer-comb-bias', type=bool, default=True, help='transfer: give A a bias over the old classes, as in the ref [default: true]'),
-        Option('transfer-res-init', type=str, default='normal', help='transfer: R initialisation, normal (N(0, 0.02^2)) or zeros [default: normal]'),
+               help='transfer: bn = train only the class combination (A, R, E_old); ft = train all of G except A and E_old'),
+        Option('transfer-comb-l1', type=float, default=0.01, help='transfer: weight of the L1 penalty on A'),
+        Option('transfer-res-l2', type=float, default=0.01, help='transfer: weight of the L2 penalty on R'),
+        Option('transfer-sn', type=bool, default=True, help='transfer: spectral-normalise A'),
+        Option('transfer-comb-bias', type=bool, default=True, help='transfer: give A a bias over the old classes, as in the ref'),
+        Option('transfer-res-init', type=str, default='normal', help='transfer: R initialisation, normal (N(0, 0.02^2)) or zeros'),
     ]
 
     @classmethod

@@ -26,11 +26,11 @@ def uc_weights(alpha):
 class UTLOPlugin(Plugin):
     options = [
         Option('res-uc', type=int, default=8,
-               help='UTLO: resolution up to which G is unconditional (power of two >= 4, below the image resolution) [default: 8]'),
+               help='UTLO: resolution up to which G is unconditional (power of two >= 4, below the image resolution)'),
         Option('alpha', type=float, default=1.0,
-               help='UTLO: weight of the unconditional low-resolution loss, alpha/(1+alpha) vs 1/(1+alpha) [default: 1.0]'),
+               help='UTLO: weight of the unconditional low-resolution loss, alpha/(1+alpha) vs 1/(1+alpha)'),
         Option('add-uc', type=bool, default=True,
-               help='UTLO: add the unconditional low-resolution D term (false with --alpha=0 gives the conditional baseline) [default: true]'),
+               help='UTLO: add the unconditional low-resolution D term (false with --alpha=0 gives the conditional baseline)'),
         Option('utlo-grid-ticks', type=int, default=None,
                help='UTLO: write fakes_uc*.png (the img_uc of the sample grid) every N ticks [default: --snap]'),
     ]
@@ -84,7 +84,7 @@ class UTLOPlugin(Plugin):
         self.G_ema = None
         self.grid = None
         self.cur_nimg = 0
-        self.ticks = 0
+        self.cur_tick = 0
 
     def setup(self, G, D, G_ema, ctx):
         if not getattr(G, 'res_uc', 0) or not getattr(D, 'res_uc', 0):
@@ -135,13 +135,12 @@ class UTLOPlugin(Plugin):
     # --- fakes_uc grids ---------------------------------------------------------------------
 
     def end_of_iteration(self, state, stats):
-        self.cur_nimg = state.cur_nimg
+        self.cur_nimg, self.cur_tick = state.cur_nimg, state.cur_tick
 
     def report_stats(self):
-        # Called once per tick: write the img_uc grid on the same schedule as the image snapshots.
-        if self.grid is not None and self.ticks % self.grid_ticks == 0:
+        # Called once per tick (after end_of_iteration): the img_uc grid on the image-snapshot schedule.
+        if self.grid is not None and self.cur_tick % self.grid_ticks == 0:
             save_uc_grid(self.G_ema, self.grid, os.path.join(self.run_dir, f'fakes_uc{self.cur_nimg // 1000:06d}.png'))
-        self.ticks += 1
 
 def _tail_first_grid(training_set, z_dim, device, rows=8, seed=0):
     """Latents and labels for the fakes_uc grid: one row per class, tail classes first (as in the ref)."""

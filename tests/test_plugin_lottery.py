@@ -224,7 +224,7 @@ def test_advaug_D_loss_is_half_clean_half_adversarial():
 @pytest.mark.parametrize('target', ['b4', 'ws'])
 def test_advaug_G_loss_runs_and_trains_G(target):
     G, D = _nets()
-    pset = plugins.PluginSet([lottery.LotteryPlugin], _opts(advaug_gamma=0.05, advaug_g_target=target), 'cpu')
+    pset = plugins.PluginSet([lottery.LotteryPlugin], _opts(advaug_gamma=0.05, advaug_G_target=target), 'cpu')
     ctx, grads = _loss_phase(G, D, pset, 'Gmain')
     assert torch.isfinite(ctx.phase_loss)
     assert grads['synthesis.b4.conv1.weight'].abs().sum() > 0 and grads['mapping.fc0.weight'].abs().sum() > 0

@@ -132,9 +132,10 @@ def test_fakes_uc_grid(tmp_path):
     plugin = utlo.UTLOPlugin(_opts(utlo_grid_ticks=2), 'cpu')
     ts = dnnlib.EasyDict(label_dim=C_DIM)
     plugin.setup(G, D, copy.deepcopy(G).eval(), dnnlib.EasyDict(run_dir=str(tmp_path), training_set=ts))
-    plugin.end_of_iteration(dnnlib.EasyDict(cur_nimg=2000), None)
+    plugin.end_of_iteration(dnnlib.EasyDict(cur_nimg=2000, cur_tick=2), None)
     plugin.report_stats()
-    plugin.report_stats()      # tick 1: not a grid tick
+    plugin.end_of_iteration(dnnlib.EasyDict(cur_nimg=3000, cur_tick=3), None)
+    plugin.report_stats()      # tick 3: not a grid tick
     import PIL.Image
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ['fakes_uc000002.png']
