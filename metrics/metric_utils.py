@@ -228,6 +228,11 @@ def _generator_on_device(opts):
 
 def open_dataset(dataset_kwargs):
     """Construct the dataset named by kwargs, with a clear error for a bad path."""
+    if not dataset_kwargs:
+        raise ValueError('no metric dataset given: pass dataset_kwargs (--data); conditional generators '
+                         'also need it for their labels')
+    dataset_kwargs = dict(dataset_kwargs)
+    dataset_kwargs.setdefault('class_name', 'training.dataset.ImageFolderDataset')
     path = dataset_kwargs.get('path')
     if path is not None and not os.path.exists(path):
         raise FileNotFoundError(f'metric dataset not found: "{path}" (set it with --data or --metricdata)')
