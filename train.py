@@ -1,0 +1,486 @@
+"""Train a GAN on a (limited) image dataset: StyleGAN2-ADA plus the method plugins.
+
+Parses and validates the command line, builds the training config (`c`), creates the run
+directory `{id:05d}-{desc}` and launches training_loop on 1..N processes (or under torchrun).
+Examples:
+    python train.py --outdir=runs --data=data/cifar10.zip --cfg=cifar --aug=ada --metrics=none
+    python train.py --outdir=runs --data=tiny.zip --cfg=tiny --kimg=2 --metrics=none   # CPU, minutes
+"""
+
+import copy
+import datetime
+import glob
+import json
+import os
+import re
+import tempfile
+
+import click
+import torch
+
+import dnnlib
+import plugins as plugin_registry
+
+#----------------------------------------------------------------------------
+# Presets (methods.md section 0). fmaps scales channel_base = fmaps * 32768.
+
+CFG_SPECS = {
+    'auto':      dict(ref_gpus=-1, kimg=25000,  mb=-1, mbstd=-1, fmaps=-1,  lrate=-1,     gamma=-1,   ema=-1,  ramp=0.05, map=2),
+    'stylegan2': dict(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=8),
+    'paper256':  dict(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=0.5, lrate=0.0025, gamma=1,    ema=20,  ramp=None, map=8),
+    'paper512':  dict(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),
+    'paper1024': dict(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),
+    'cifar':     dict(ref_gpus=2,  kimg=100000, mb=64, mbstd=32, fmaps=1,   lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2),
+    # CPU preset: small channel counts, 2 mapping layers, ticks every 0.1 kimg (~12 iterations), 8x8 grids.
+    'tiny':      dict(ref_gpus=1,  kimg=20,     mb=8,  mbstd=4,  fmaps=1/16, lrate=0.0025, gamma=0.05, ema=1,  ramp=0.05, map=2,
+                      channel_max=64, tick=0.1, snap=10, grid=8),
+}
+
+RESUME_SPECS = {   # upstream's pretrained networks, by their usual short names
+    'ffhq256':     'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl',
+    'ffhq512':     'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res512-mirror-stylegan2-noaug.pkl',
+    'ffhq1024':    'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res1024-mirror-stylegan2-noaug.pkl',
+    'celebahq256': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl',
+    'lsundog256':  'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/lsundog-res256-paper256-kimg100000-noaug.pkl',
+}
+
+DEFAULT_TARGET = 0.6
+DEFAULT_AUGPIPE = 'bgc'
+
+#----------------------------------------------------------------------------
+# Resolving --resume.
+
+def list_snapshots(root):
+    """Snapshots below `root` (a run dir or an outdir of run dirs), oldest first by (run id, kimg)."""
+    found = []
+    for path in glob.glob(os.path.join(root, 'network-snapshot-*.pkl')) + glob.glob(os.path.join(root, '*', 'network-snapshot-*.pkl')):
+        run = os.path.basename(os.path.dirname(path))
+        m_run = re.match(r'^(\d+)', run)
+        m_kimg = re.search(r'network-snapshot-(\d+)\.pkl$', path)
+        found.append((int(m_run.group(1)) if m_run else -1, int(m_kimg.group(1)), os.path.getmtime(path), path))
+    return [item[-1] for item in sorted(found)]
+
+def resolve_resume(resume, outdir):
+    """--resume value -> path/URL or None. 'latest' = newest snapshot under --outdir."""
+    if resume is None or resume == 'noresume':
+        return None
+    if resume in RESUME_SPECS:
+        return RESUME_SPECS[resume]
+    if resume == 'latest':
+        snaps = list_snapshots(outdir) if os.path.isdir(outdir) else []
+        if not snaps:
+            raise click.UsageError(f'--resume=latest: no network-snapshot-*.pkl found under --outdir={outdir}')
+        return snaps[-1]
+    if dnnlib.util.is_url(resume):
+        return resume
+    if os.path.isdir(resume):
+        snaps = list_snapshots(resume)
+        if not snaps:
+            raise click.UsageError(f'--resume={resume}: the directory holds no network-snapshot-*.pkl')
+        return snaps[-1]
+    if not os.path.isfile(resume):
+        raise click.UsageError(f'--resume={resume}: no such file; give a snapshot .pkl, a run directory, "latest" '
+                               f'or one of {", ".join(RESUME_SPECS)}')
+    return resume
+
+#----------------------------------------------------------------------------
+# Building the training config.
+
+def load_training_set(data, labels, cond, mirror, subset, seed):
+    """Open the dataset once to validate it; returns (training_set_kwargs, dataset name, length)."""
+    if data is None:
+        raise click.UsageError('--data is required (a dataset ZIP or directory made by dataset_tool.py)')
+    if not os.path.exists(data):
+        raise click.UsageError(f'--data={data}: no such file or directory')
+    kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=True, max_size=None, xflip=False)
+    if labels is not None:
+        kwargs.label_file = labels
+    try:
+        training_set = dnnlib.util.construct_class_by_name(**kwargs)
+        kwargs.resolution = training_set.resolution
+        kwargs.use_labels = training_set.has_labels
+        kwargs.max_size = len(training_set)
+        name = training_set.name
+        shape = training_set.image_shape
+        has_labels = training_set.has_labels
+        del training_set
+    except (IOError, OSError, ValueError, KeyError) as err:
+        raise click.UsageError(f'--data={data}: cannot read the dataset: {err}')
+    if shape[1] != shape[2]:
+        raise click.UsageError(f'--data={data}: images are {shape[2]}x{shape[1]}; they must be square (resize with dataset_tool.py)')
+    res = shape[1]
+    if res < 4 or res & (res - 1) != 0:
+        raise click.UsageError(f'--data={data}: resolution {res} is not a power of two (resize with dataset_tool.py --width/--height)')
+    if cond:
+        if not has_labels:
+            raise click.UsageError(f'--cond=True needs labels, but {data} has none; add them to dataset.json (dataset_tool.py) '
+                                   f'or name a label file with --labels')
+    else:
+        kwargs.use_labels = False
+    if subset is not None:
+        if not 1 <= subset <= kwargs.max_size:
+            raise click.UsageError(f'--subset must be between 1 and {kwargs.max_size} (the number of images)')
+        if subset < kwargs.max_size:
+            kwargs.max_size = subset
+            kwargs.random_seed = seed
+    if mirror:
+        kwargs.xflip = True
+    return kwargs, name, kwargs.max_size
+
+def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed):
+    """Network / optimizer / loss config from the --cfg preset and the overrides."""
+    if cfg not in CFG_SPECS:
+        raise click.UsageError(f'unknown --cfg "{cfg}"; choose one of: {", ".join(CFG_SPECS)}')
+    spec = dnnlib.EasyDict(CFG_SPECS[cfg])
+    if cfg == 'auto':
+        spec.ref_gpus = gpus
+        spec.mb = max(min(gpus * min(4096 // res, 32), 64), gpus)
+        spec.mbstd = min(spec.mb // gpus, 4)
+        spec.fmaps = 1 if res >= 512 else 0.5
+        spec.lrate = 0.002 if res >= 1024 else 0.0025
+        spec.gamma = 0.0002 * (res ** 2) / spec.mb
+        spec.ema = spec.mb * 10 / 32
+
+    c = dnnlib.EasyDict()
+    c.num_gpus = gpus
+    c.random_seed = seed
+    c.total_kimg = spec.kimg if kimg is None else kimg
+    c.batch_size = spec.mb
+    c.batch_gpu = max(spec.mb // spec.ref_gpus, 1)
+    if batch is not None:
+        if batch < 1 or batch % gpus != 0:
+            raise click.UsageError(f'--batch={batch} must be a positive multiple of --gpus={gpus}')
+        c.batch_size = batch
+        c.batch_gpu = batch // gpus
+    if c.batch_size % gpus != 0:
+        raise click.UsageError(f'the batch of --cfg={cfg} ({c.batch_size}) is not divisible by --gpus={gpus}; set --batch')
+    c.batch_gpu = min(c.batch_gpu, c.batch_size // gpus)
+    while (c.batch_size // gpus) % c.batch_gpu != 0:
+        c.batch_gpu -= 1
+    mbstd = min(spec.mbstd, c.batch_gpu)
+    if c.batch_gpu % mbstd != 0:
+        raise click.UsageError(f'the per-GPU batch {c.batch_gpu} is not a multiple of the minibatch-stddev group {mbstd}; '
+                               f'choose --batch so that batch / gpus is a multiple of {mbstd}')
+
+    channel_base = int(spec.fmaps * 32768)
+    channel_max = spec.get('channel_max', 512)
+    c.G_kwargs = dnnlib.EasyDict(class_name='training.networks.Generator', z_dim=512, w_dim=512,
+        mapping_kwargs=dnnlib.EasyDict(num_layers=spec.map),
+        synthesis_kwargs=dnnlib.EasyDict(channel_base=channel_base, channel_max=channel_max, num_fp16_res=4, conv_clamp=256))
+    c.D_kwargs = dnnlib.EasyDict(class_name='training.networks.Discriminator', architecture='resnet',
+        channel_base=channel_base, channel_max=channel_max, num_fp16_res=4, conv_clamp=256,
+        block_kwargs=dnnlib.EasyDict(), mapping_kwargs=dnnlib.EasyDict(), epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=mbstd))
+    c.G_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=spec.lrate, betas=[0, 0.99], eps=1e-8)
+    c.D_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=spec.lrate, betas=[0, 0.99], eps=1e-8)
+    c.loss_kwargs = dnnlib.EasyDict(class_name='training.loss.StyleGAN2Loss', r1_gamma=spec.gamma if gamma is None else gamma,
+                                    style_mixing_prob=0.9, pl_weight=2)
+    c.ema_kimg = spec.ema
+    c.ema_rampup = spec.ramp
+    if cfg == 'cifar':
+        c.loss_kwargs.pl_weight = 0
+        c.loss_kwargs.style_mixing_prob = 0
+        c.D_kwargs.architecture = 'orig'
+    if cfg == 'tiny':   # float32 everywhere: the CPU has no fast fp16
+        c.G_kwargs.synthesis_kwargs.num_fp16_res = c.D_kwargs.num_fp16_res = 0
+        c.G_kwargs.synthesis_kwargs.conv_clamp = c.D_kwargs.conv_clamp = None
+    c.kimg_per_tick = spec.get('tick', 4) if tick is None else tick
+    c.image_snapshot_ticks = c.network_snapshot_ticks = spec.get('snap', 50) if snap is None else snap
+    c.image_grid_max = spec.get('grid', 32)
+    if c.image_snapshot_ticks is not None and c.image_snapshot_ticks < 1:
+        raise click.UsageError('--snap must be at least 1')
+    return c
+
+def parse_comma_list(value):
+    if value is None or value.strip().lower() in ('', 'none'):
+        return []
+    return [item.strip() for item in value.split(',') if item.strip()]
+
+#----------------------------------------------------------------------------
+# Launching processes.
+
+def init_distributed(rank, world_size, init_method, backend, timeout_sec):
+    """Join the process group; a failure or timeout names this rank instead of hanging."""
+    timeout = datetime.timedelta(seconds=timeout_sec)
+    try:
+        torch.distributed.init_process_group(backend=backend, init_method=init_method, rank=rank,
+                                             world_size=world_size, timeout=timeout)
+    except Exception as err:
+        raise RuntimeError(f'rank {rank}/{world_size}: could not join the process group via {init_method} '
+                           f'({backend}) within {timeout_sec} s: {err}') from err
+
+def _use_cuda(c):
+    return torch.cuda.is_available() and c.get('device') in (None, 'cuda')
+
+def join_process_group(c, rank, local_rank, init_method):
+    """Pick the device and backend of this process and join the group (NCCL on GPU, gloo on CPU)."""
+    use_cuda = _use_cuda(c)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    else:   # several CPU processes share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // c.num_gpus))
+    init_distributed(rank, c.num_gpus, init_method, 'nccl' if use_cuda else 'gloo', c.get('dist_timeout', 600))
+
+def run_worker(rank, c, init_method, local_rank=None):
+    """One training process: logging, process group, training_stats, then training_loop."""
+    from torch_utils import training_stats
+    from training import training_loop
+    local_rank = rank if local_rank is None else local_rank
+    if rank == 0:
+        dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)
+    if c.num_gpus > 1:
+        if not torch.distributed.is_initialized():
+            join_process_group(c, rank, local_rank, init_method)
+        # A single process keeps training_stats' defaults (rank 0, no all-reduce).
+        training_stats.init_multiprocessing(rank=rank, sync_device=torch.device('cuda', local_rank) if _use_cuda(c) else None)
+    kwargs = {k: v for k, v in c.items() if k not in ('dist_timeout',)}
+    try:
+        return training_loop.training_loop(rank=rank, local_rank=local_rank, options=dict(c), **kwargs)
+    except Exception as err:
+        if c.num_gpus > 1:
+            print(f'rank {rank}: training failed: {type(err).__name__}: {err}', flush=True)
+        raise
+    finally:
+        if c.num_gpus > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+def _spawned_worker(rank, c, init_method):
+    run_worker(rank, c, init_method)
+
+def prebuild_ops():
+    """Build the custom CUDA ops once here, before workers start, so they do not race to compile."""
+    try:
+        from torch_utils import custom_ops
+    except ImportError:
+        return
+    if hasattr(custom_ops, 'prebuild_all'):
+        custom_ops.prebuild_all(verbose=True)
+
+def under_torchrun():
+    return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
+
+def make_run_dir(c):
+    os.makedirs(c.run_dir, exist_ok=False)
+    with open(os.path.join(c.run_dir, 'training_options.json'), 'wt') as f:
+        json.dump(c, f, indent=2)
+
+def run_training(c):
+    """Create the run directory, write training_options.json and train with c.num_gpus local
+    processes (spawned), or as one worker of torchrun (env:// rendezvous, any number of nodes).
+    Returns the loop's result (networks, counters) when training ran in this process."""
+    if under_torchrun():
+        rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', os.environ['RANK']))
+        if c.num_gpus > 1:
+            join_process_group(c, rank, local_rank, 'env://')
+        run_dir = [c.run_dir]
+        if rank == 0:
+            make_run_dir(c)
+        if c.num_gpus > 1:   # every rank writes into rank 0's run directory
+            torch.distributed.broadcast_object_list(run_dir, src=0)
+        c.run_dir = run_dir[0]
+        return run_worker(rank, c, 'env://', local_rank=local_rank)
+    make_run_dir(c)
+    print('Launching processes...')
+    if c.num_gpus == 1:
+        return run_worker(0, c, None)
+    prebuild_ops()
+    with tempfile.TemporaryDirectory() as temp_dir:
+        init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
+        torch.multiprocessing.spawn(fn=_spawned_worker, args=(c, 'file://' + init_file), nprocs=c.num_gpus)
+    return None
+
+def next_run_dir(outdir, desc):
+    prev = [x for x in os.listdir(outdir) if os.path.isdir(os.path.join(outdir, x))] if os.path.isdir(outdir) else []
+    prev_ids = [int(m.group()) for m in (re.match(r'^\d+', x) for x in prev) if m is not None]
+    cur_id = max(prev_ids, default=-1) + 1
+    return os.path.join(outdir, f'{cur_id:05d}-{desc}')
+
+#----------------------------------------------------------------------------
+# The command line. Plugin options are added from the registry and grouped in --help.
+
+class GroupedCommand(click.Command):
+    """--help lists the base options first, then each plugin's options under its name."""
+    def format_options(self, ctx, formatter):
+        groups = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                groups.setdefault(getattr(param, 'plugin_group', None), []).append(record)
+        with formatter.section('Options'):
+            formatter.write_dl(groups.pop(None, []))
+        for group in sorted(groups):
+            with formatter.section(f'Options of {group}'):
+                formatter.write_dl(groups[group])
+
+def plugin_click_options():
+    """click.Option objects for every registered plugin option (first registration wins)."""
+    seen = set()
+    params = []
+    for plugin_name, opt in plugin_registry.all_options():
+        if opt.key in seen:
+            continue
+        seen.add(opt.key)
+        decl = f'--{opt.name}'
+        if opt.is_flag:
+            param = click.Option([decl, opt.key], is_flag=True, default=bool(opt.default), help=opt.help)
+        else:
+            param = click.Option([decl, opt.key], type=opt.type, default=opt.default, show_default=True, help=opt.help)
+        param.plugin_group = plugin_name
+        params.append(param)
+    return params
+
+def main(**kw):
+    """Validate everything, write the config, and train."""
+    kw = dnnlib.EasyDict(kw)
+    plugin_keys = set(plugin_registry.default_opts())
+    if under_torchrun():   # the world size comes from torchrun
+        kw.gpus = int(os.environ['WORLD_SIZE'])
+    elif kw.gpus < 1 or kw.gpus & (kw.gpus - 1) != 0:
+        raise click.UsageError(f'--gpus={kw.gpus} must be a power of two (1, 2, 4, 8, ...)')
+    if torch.cuda.is_available() and kw.gpus > torch.cuda.device_count() and not under_torchrun():
+        raise click.UsageError(f'--gpus={kw.gpus} but only {torch.cuda.device_count()} CUDA devices are visible')
+
+    training_set_kwargs, dataset_name, num_images = load_training_set(kw.data, kw.labels, kw.cond, kw.mirror, kw.subset, kw.seed)
+    c = make_config(kw.gpus, kw.batch, kw.cfg, kw.gamma, kw.kimg, kw.snap, kw.tick, training_set_kwargs.resolution, kw.seed)
+    c.training_set_kwargs = training_set_kwargs
+    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=kw.workers, prefetch_factor=2)
+
+    # Methods: validate the combination, then let each active plugin edit the config.
+    methods = parse_comma_list(kw.method)
+    opts = dnnlib.EasyDict({k: kw[k] for k in plugin_keys if k in kw})
+    opts.update(aug=kw.aug, methods=methods, p=kw.p, target=kw.target, augpipe=kw.augpipe,
+                ada_kimg=100 if kw.resume not in (None, 'noresume') else 500,
+                batch_size=c.batch_size, batch_gpu=c.batch_gpu, total_kimg=c.total_kimg)
+    try:
+        active = plugin_registry.resolve(kw.aug, methods, opts)
+    except ValueError as err:
+        raise click.UsageError(str(err))
+    if opts.target is None:
+        opts.target = DEFAULT_TARGET
+    if opts.augpipe is None:
+        opts.augpipe = DEFAULT_AUGPIPE
+    for cls in active:
+        try:
+            cls.configure(c, opts)
+        except ValueError as err:
+            raise click.UsageError(f'{cls.name}: {err}')
+    c.plugin_names = [cls.name for cls in active]
+    c.plugin_opts = dict(opts)
+
+    # Metrics.
+    c.metrics = parse_comma_list(kw.metrics)
+    if c.metrics:
+        try:
+            from metrics import metric_main
+        except ImportError as err:
+            raise click.UsageError(f'--metrics needs the metrics package ({err}); use --metrics=none')
+        bad = [m for m in c.metrics if not metric_main.is_valid_metric(m)]
+        if bad:
+            raise click.UsageError(f'unknown --metrics {", ".join(bad)}; choose from: {", ".join(metric_main.list_valid_metrics())}')
+    c.detector = kw.detector
+    c.metric_set_kwargs = None
+    if kw.metricdata is not None:
+        if not os.path.exists(kw.metricdata):
+            raise click.UsageError(f'--metricdata={kw.metricdata}: no such file or directory')
+        c.metric_set_kwargs = dnnlib.EasyDict(training_set_kwargs, path=kw.metricdata, max_size=None, xflip=False)
+        c.metric_set_kwargs.pop('random_seed', None)
+
+    # Performance and resume.
+    if kw.fp32:
+        c.G_kwargs.synthesis_kwargs.num_fp16_res = c.D_kwargs.num_fp16_res = 0
+        c.G_kwargs.synthesis_kwargs.conv_clamp = c.D_kwargs.conv_clamp = None
+    if kw.nhwc:
+        c.G_kwargs.synthesis_kwargs.fp16_channels_last = c.D_kwargs.block_kwargs.fp16_channels_last = True
+    c.cudnn_benchmark = not kw.nobench
+    c.allow_tf32 = bool(kw.allow_tf32)
+    c.freezed = kw.freezed
+    if kw.freezed < 0:
+        raise click.UsageError('--freezed must be 0 or more')
+    c.snapshot_keep = kw.snapshot_keep
+    c.resume_pkl = resolve_resume(kw.resume, kw.outdir)
+    # (training_loop turns the EMA ramp off for weights-only transfer resumes and keeps it for full resumes.)
+
+    # Description and run directory.
+    desc = f'{dataset_name}'
+    if kw.cond:
+        desc += '-cond'
+    if kw.subset is not None:
+        desc += f'-{kw.subset}'
+    if kw.mirror:
+        desc += '-mirror'
+    desc += f'-{kw.cfg}'
+    if kw.gamma is not None:
+        desc += f'-gamma{kw.gamma:g}'
+    if kw.kimg is not None:
+        desc += f'-kimg{kw.kimg:g}'
+    if kw.batch is not None:
+        desc += f'-batch{kw.batch}'
+    for cls in active:
+        desc += f'-{cls.describe(opts)}'
+    if kw.resume not in (None, 'noresume'):
+        desc += '-resume' + (kw.resume if kw.resume in RESUME_SPECS or kw.resume == 'latest' else 'custom')
+    if kw.freezed:
+        desc += f'-freezed{kw.freezed}'
+    c.run_dir = next_run_dir(kw.outdir, desc)
+
+    print()
+    print('Training options:')
+    print(json.dumps(c, indent=2))
+    print()
+    print(f'Output directory:   {c.run_dir}')
+    print(f'Training data:      {training_set_kwargs.path} ({num_images} images)')
+    print(f'Training duration:  {c.total_kimg} kimg')
+    print(f'Number of GPUs:     {c.num_gpus}')
+    print(f'Methods:            {", ".join(c.plugin_names)}')
+    print(f'Resolution:         {training_set_kwargs.resolution}, conditional: {training_set_kwargs.use_labels}')
+    print()
+    if kw.dry_run:
+        print('Dry run; exiting.')
+        return c
+
+    return run_training(c)
+
+def build_cli():
+    params = [
+        click.Option(['--outdir'], help='Where to save the results', required=True, metavar='DIR'),
+        click.Option(['--data'], help='Training data (directory or zip)', metavar='PATH'),
+        click.Option(['--gpus'], help='Number of GPUs (processes) to use [default: 1]', type=int, default=1, metavar='INT'),
+        click.Option(['--batch'], help='Override batch size', type=int, metavar='INT'),
+        click.Option(['--cfg'], help='Base config [default: auto]', type=click.Choice(list(CFG_SPECS)), default='auto'),
+        click.Option(['--gamma'], help='Override R1 gamma', type=float),
+        click.Option(['--kimg'], help='Override training duration', type=float, metavar='KIMG'),
+        click.Option(['--snap'], help='Snapshot interval in ticks [default: 50, tiny: 10]', type=int, metavar='INT'),
+        click.Option(['--tick'], help='Ticks every KIMG kimg [default: 4, tiny: 0.1]', type=float, metavar='KIMG'),
+        click.Option(['--snapshot-keep', 'snapshot_keep'], help='Keep only the newest K network snapshots', type=int, metavar='K'),
+        click.Option(['--metrics'], help='Comma-separated metrics or "none" [default: fid50k_full]', default='fid50k_full'),
+        click.Option(['--metricdata'], help='Dataset the metrics compare against [default: --data]', metavar='PATH'),
+        click.Option(['--detector'], help='Feature detector path or URL for the metrics', metavar='PATH|URL'),
+        click.Option(['--seed'], help='Random seed [default: 0]', type=int, default=0, metavar='INT'),
+        click.Option(['--dry-run', 'dry_run'], help='Print training options and exit', is_flag=True),
+        click.Option(['--cond'], help='Train conditional model based on dataset labels [default: false]', type=bool, default=False, metavar='BOOL'),
+        click.Option(['--mirror'], help='Enable dataset x-flips [default: false]', type=bool, default=False, metavar='BOOL'),
+        click.Option(['--subset'], help='Train with only N images [default: all]', type=int, metavar='INT'),
+        click.Option(['--labels', '--fname', 'labels'], help='Label file inside the dataset [default: dataset.json]', metavar='FILE'),
+        click.Option(['--aug'], help='Augmentation family [default: ada]', default='ada', metavar='NAME'),
+        click.Option(['--method'], help='Comma-separated method plugins', default='', metavar='LIST'),
+        click.Option(['--p'], help='Augmentation probability for --aug=fixed', type=float),
+        click.Option(['--target'], help='ADA / APA target value [default: 0.6]', type=float),
+        click.Option(['--augpipe'], help='Augmentation pipeline [default: bgc]', metavar='NAME'),
+        click.Option(['--resume'], help='Resume from snapshot .pkl, run dir, "latest" or a known network [default: noresume]', metavar='PKL'),
+        click.Option(['--freezed'], help='Freeze-D: freeze the first N D layers [default: 0]', type=int, default=0, metavar='INT'),
+        click.Option(['--fp32'], help='Disable mixed-precision training', type=bool, default=False, metavar='BOOL'),
+        click.Option(['--nhwc'], help='Use NHWC memory format with FP16', type=bool, default=False, metavar='BOOL'),
+        click.Option(['--nobench'], help='Disable cuDNN benchmarking', type=bool, default=False, metavar='BOOL'),
+        click.Option(['--allow-tf32', 'allow_tf32'], help='Allow PyTorch to use TF32 internally', type=bool, default=False, metavar='BOOL'),
+        click.Option(['--workers'], help='Override number of DataLoader workers', type=int, default=3, metavar='INT'),
+    ]
+    names = {p.name for p in params}
+    for param in plugin_click_options():
+        if param.name not in names:
+            params.append(param)
+    def callback(**kw):
+        return main(**kw)
+    return GroupedCommand(name='train', params=params, callback=callback, help=__doc__,
+                          context_settings=dict(max_content_width=120))
+
+if __name__ == '__main__':
+    build_cli()()

@@ -1,0 +1,600 @@
+"""The training loop (methods.md section 0): phases Gmain / Greg / Dmain / Dreg with lazy
+regularisation, EMA of G, ticks with logs, image grids, snapshots that resume exactly, and
+metrics. Methods never edit this file; they implement the hooks of plugins.Plugin, which
+fire where docs/architecture.md says.
+"""
+
+import copy
+import glob
+import json
+import os
+import pickle
+import random
+import re
+import time
+
+import numpy as np
+import PIL.Image
+import psutil
+import torch
+
+import dnnlib
+from torch_utils import misc
+from torch_utils import training_stats
+
+#----------------------------------------------------------------------------
+# Image grids.
+
+def setup_snapshot_image_grid(training_set, random_seed=0, max_size=32):
+    """Pick reals for the grid: (grid_size (gw, gh), images uint8 [N, C, H, W], labels [N, c_dim]).
+
+    Unlabelled data: a seeded random selection. Labelled data: one row per label (sorted),
+    each row filled with images of that label, cycling if a class has few images.
+    """
+    rnd = np.random.RandomState(random_seed)
+    gw = int(np.clip(7680 // training_set.image_shape[2], 7, max_size))
+    gh = int(np.clip(4320 // training_set.image_shape[1], 4, max_size))
+
+    if not training_set.has_labels:
+        all_indices = list(range(len(training_set)))
+        rnd.shuffle(all_indices)
+        grid_indices = [all_indices[i % len(all_indices)] for i in range(gw * gh)]
+    else:
+        by_label = dict()
+        for idx in range(len(training_set)):
+            key = tuple(training_set.get_details(idx).raw_label.flat[::-1])
+            by_label.setdefault(key, []).append(idx)
+        label_order = sorted(by_label.keys())
+        for key in label_order:
+            rnd.shuffle(by_label[key])
+        grid_indices = []
+        for y in range(gh):
+            indices = by_label[label_order[y % len(label_order)]]
+            grid_indices += [indices[x % len(indices)] for x in range(gw)]
+
+    images, labels = zip(*[training_set[i] for i in grid_indices])
+    return (gw, gh), np.stack(images), np.stack(labels)
+
+def save_image_grid(img, fname, drange, grid_size):
+    """img: [gw*gh, C, H, W] array with values in drange -> one PNG (L or RGB), row-major."""
+    lo, hi = drange
+    img = np.asarray(img, dtype=np.float32)
+    img = (img - lo) * (255 / (hi - lo))
+    img = np.rint(img).clip(0, 255).astype(np.uint8)
+    gw, gh = grid_size
+    _N, C, H, W = img.shape
+    img = img.reshape(gh, gw, C, H, W).transpose(0, 3, 1, 4, 2).reshape(gh * H, gw * W, C)
+    if C == 1:
+        PIL.Image.fromarray(img[:, :, 0], 'L').save(fname)
+    else:
+        PIL.Image.fromarray(img, 'RGB').save(fname)
+
+#----------------------------------------------------------------------------
+# Small helpers.
+
+class _SkippingSampler(torch.utils.data.Sampler):
+    """Wraps an endless sampler and drops its first `skip` indices, so a resumed run reads
+    the same stream of real images an uninterrupted run would have read."""
+    def __init__(self, sampler, skip):
+        super().__init__()
+        self.sampler = sampler
+        self.skip = int(skip)
+
+    def __iter__(self):
+        it = iter(self.sampler)
+        for _ in range(self.skip):
+            next(it)
+        yield from it
+
+def get_rng_state():
+    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(), cuda=None)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+def set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    np.random.set_state(state['numpy'])
+    random.setstate(state['python'])
+    if state.get('cuda') is not None and torch.cuda.is_available():
+        cuda_states = state['cuda']
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+def copy_matching_params(src, dst):
+    """Copy parameters/buffers from src to dst where name and shape match.
+
+    Returns the dst names left untouched (missing in src or shaped differently): with a
+    weights-only pickle from another configuration (transfer learning) these are reported.
+    """
+    src_tensors = dict(misc.named_params_and_buffers(src))
+    skipped = []
+    with torch.no_grad():
+        for name, tensor in misc.named_params_and_buffers(dst):
+            if name in src_tensors and src_tensors[name].shape == tensor.shape:
+                tensor.copy_(src_tensors[name].detach())
+            else:
+                skipped.append(name)
+    return skipped
+
+def load_network_file(path):
+    """A snapshot / network pickle as a dict (legacy.py handles upstream and safe formats)."""
+    try:
+        import legacy
+    except ImportError:
+        legacy = None
+    if legacy is not None and hasattr(legacy, 'load_network_pkl'):
+        with dnnlib.util.open_url(path) as f:
+            return legacy.load_network_pkl(f)
+    with dnnlib.util.open_url(path) as f:
+        return pickle.load(f)
+
+def write_pickle_atomic(obj, path):
+    """Pickle to `path.tmp`, fsync, then rename: a crash never leaves a truncated snapshot."""
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        pickle.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+def prune_snapshots(run_dir, keep):
+    """Delete all but the newest `keep` network snapshots of a run."""
+    if not keep or keep <= 0:
+        return
+    snaps = sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))
+    for path in snaps[:-keep]:
+        os.remove(path)
+
+def sanitize_and_reduce_grads(params, num_gpus):
+    """Average gradients over ranks (data parallelism) and replace NaN -> 0, +-inf -> +-1e5."""
+    params = [p for p in params if p.grad is not None and p.numel() > 0]
+    if len(params) == 0:
+        return
+    if num_gpus > 1:
+        flat = torch.cat([p.grad.flatten() for p in params])
+        torch.distributed.all_reduce(flat)
+        flat /= num_gpus
+        torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
+        grads = flat.split([p.numel() for p in params])
+        for p, g in zip(params, grads):
+            p.grad.copy_(g.reshape(p.shape))
+    else:
+        for p in params:
+            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+def broadcast_module(module):
+    """Make every rank start from rank 0's parameters and buffers."""
+    for tensor in misc.params_and_buffers(module):
+        torch.distributed.broadcast(tensor.data, src=0)
+
+def gather_objects(obj, num_gpus):
+    """[obj of rank 0, obj of rank 1, ...] (on every rank)."""
+    if num_gpus == 1:
+        return [obj]
+    out = [None] * num_gpus
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+def make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval):
+    """Phases in run order. Lazy regularisation every k iterations: Adam lr * k/(k+1) and
+    betas ** (k/(k+1)) so that the main + reg pair matches a non-lazy step (methods.md §0).
+    Only parameters with requires_grad=True at this point are trained (Freeze-D, plugins)."""
+    phases = []
+    for name, module, opt_kwargs, reg_interval in [('G', G, G_opt_kwargs, G_reg_interval), ('D', D, D_opt_kwargs, D_reg_interval)]:
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        opt_kwargs = dnnlib.EasyDict(opt_kwargs)
+        if reg_interval is None:
+            opt = dnnlib.util.construct_class_by_name(params=trainable, **opt_kwargs)
+            phases.append(dnnlib.EasyDict(name=name + 'both', module=module, opt=opt, interval=1, lr=opt_kwargs.lr, trainable=trainable))
+            continue
+        ratio = reg_interval / (reg_interval + 1)
+        opt_kwargs.lr = opt_kwargs.lr * ratio
+        opt_kwargs.betas = [beta ** ratio for beta in opt_kwargs.betas]
+        opt = dnnlib.util.construct_class_by_name(params=trainable, **opt_kwargs)
+        phases.append(dnnlib.EasyDict(name=name + 'main', module=module, opt=opt, interval=1, lr=opt_kwargs.lr, trainable=trainable))
+        phases.append(dnnlib.EasyDict(name=name + 'reg', module=module, opt=opt, interval=reg_interval, lr=opt_kwargs.lr, trainable=trainable))
+    return phases
+
+def update_ema(G, G_ema, cur_nimg, batch_size, ema_kimg, ema_rampup):
+    """G_ema <- lerp(G, G_ema, beta), beta = 0.5 ** (batch / ema_nimg); buffers copied."""
+    ema_nimg = ema_kimg * 1000
+    if ema_rampup is not None:
+        ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
+    ema_beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+    with torch.no_grad():
+        params = dict(G.named_parameters())
+        for name, p_ema in G_ema.named_parameters():
+            p_ema.copy_(params[name].detach().lerp(p_ema, ema_beta))
+        buffers = dict(G.named_buffers())
+        for name, b_ema in G_ema.named_buffers():
+            b_ema.copy_(buffers[name])
+    return ema_beta
+
+#----------------------------------------------------------------------------
+
+def training_loop(
+    run_dir                 = '.',      # Output directory.
+    training_set_kwargs     = {},       # Options for the training set.
+    data_loader_kwargs      = {},       # Options for torch.utils.data.DataLoader.
+    G_kwargs                = {},       # Options for the generator.
+    D_kwargs                = {},       # Options for the discriminator.
+    G_opt_kwargs            = {},       # Options for the generator optimizer.
+    D_opt_kwargs            = {},       # Options for the discriminator optimizer.
+    loss_kwargs             = {},       # Options for the loss (class_name + StyleGAN2Loss kwargs).
+    plugin_names            = [],       # Active plugins (resolved, in run order).
+    plugin_opts             = {},       # Options handed to every plugin.
+    metrics                 = [],       # Metric names evaluated at each network snapshot.
+    metric_set_kwargs       = None,     # Dataset for metrics (None = the training set, full, no x-flips).
+    detector                = None,     # Detector path / URL for the metrics (None = default).
+    random_seed             = 0,        # Global seed.
+    num_gpus                = 1,        # Number of processes (world size).
+    rank                    = 0,        # Rank of this process.
+    local_rank              = None,     # Device index of this process (None = rank).
+    device                  = None,     # Force a device ('cpu' or 'cuda:N'); None = CUDA when available.
+    batch_size              = 4,        # Global batch per iteration.
+    batch_gpu               = 4,        # Per-process batch per accumulation round.
+    ema_kimg                = 10,       # Half-life of the G_ema average, in kimg.
+    ema_rampup              = None,     # EMA ramp-up coefficient (None = off).
+    G_reg_interval          = 4,        # Path-length regularisation every N iterations (None = Gboth).
+    D_reg_interval          = 16,       # R1 every N iterations (None = Dboth).
+    freezed                 = 0,        # Freeze-D: D layers with index < freezed are not trained.
+    total_kimg              = 25000,    # Training length.
+    kimg_per_tick           = 4,        # Progress print / log interval.
+    image_snapshot_ticks    = 50,       # fakesNNNNNN.png every N ticks (None = never).
+    network_snapshot_ticks  = 50,       # Snapshot + metrics every N ticks (None = never).
+    snapshot_keep           = None,     # Keep only the newest K snapshots (None = all).
+    image_grid_max          = 32,       # Largest grid side (images per row / column).
+    resume_pkl              = None,     # Snapshot / network pickle to resume from.
+    cudnn_benchmark         = True,     # torch.backends.cudnn.benchmark.
+    allow_tf32              = False,    # TF32 for matmul and convolutions.
+    sync_timing             = False,    # Synchronise around phases for exact per-phase times (benchmarks).
+    abort_fn                = None,     # Called once per iteration: stop training when it returns True.
+    progress_fn             = None,     # Called once per tick: progress_fn(cur_nimg, total_nimg).
+    options                 = None,     # The resolved training config, stored in snapshots.
+):
+    """Train until total_kimg; returns an EasyDict (G, D, G_ema, plugins, cur_nimg, batch_idx, cur_tick)."""
+    # ---- Devices, seeds, backend flags --------------------------------------------------------
+    start_time = time.time()
+    if device is None:
+        device = torch.device('cuda', rank if local_rank is None else local_rank) if torch.cuda.is_available() else torch.device('cpu')
+    device = torch.device(device)
+    np.random.seed(random_seed * num_gpus + rank)
+    torch.manual_seed(random_seed * num_gpus + rank)
+    random.seed(random_seed * num_gpus + rank)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    assert batch_size % (batch_gpu * num_gpus) == 0, 'batch_size must be a multiple of batch_gpu * num_gpus'
+    log = print if rank == 0 else (lambda *args, **kwargs: None)
+
+    # ---- Resume data ------------------------------------------------------------------------
+    resume_data = None
+    if resume_pkl is not None:
+        log(f'Resuming from "{resume_pkl}"')
+        resume_data = load_network_file(resume_pkl)
+    resume_state = resume_data.get('resume_state') if resume_data is not None else None
+    full_resume = resume_state is not None
+    if resume_data is not None and not full_resume:
+        ema_rampup = None   # transfer from weights only: the new run starts with a full-length EMA
+
+    # ---- Data ---------------------------------------------------------------------------------
+    log('Loading training set...')
+    training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
+    batch_per_rank = batch_size // num_gpus
+    start_batch_idx = int(resume_state['batch_idx']) if full_resume else 0
+    sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed)
+    sampler = _SkippingSampler(sampler, skip=start_batch_idx * batch_per_rank)
+    loader_kwargs = dict(data_loader_kwargs)
+    if loader_kwargs.get('num_workers', 0) == 0:
+        loader_kwargs.pop('prefetch_factor', None)
+    if device.type != 'cuda':
+        loader_kwargs.pop('pin_memory', None)
+    training_set_iterator = iter(torch.utils.data.DataLoader(dataset=training_set, sampler=sampler,
+                                                             batch_size=batch_per_rank, **loader_kwargs))
+    log(f'Num images: {len(training_set)}, image shape: {training_set.image_shape}, label shape: {training_set.label_shape}')
+
+    # ---- Networks -----------------------------------------------------------------------------
+    log('Constructing networks...')
+    common_kwargs = dict(c_dim=training_set.label_dim, img_resolution=training_set.resolution, img_channels=training_set.num_channels)
+    D_kwargs = copy.deepcopy(dict(D_kwargs))
+    if freezed:
+        D_kwargs.setdefault('block_kwargs', {})['freeze_layers'] = int(freezed)
+    G = dnnlib.util.construct_class_by_name(**G_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
+    D = dnnlib.util.construct_class_by_name(**D_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
+    G_ema = copy.deepcopy(G).eval()
+    if resume_data is not None:
+        for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
+            skipped = copy_matching_params(resume_data[name], module)
+            if skipped and not full_resume:
+                log(f'Resume: {len(skipped)} tensors of {name} not in the pickle or shaped differently, left at init: '
+                    + ', '.join(skipped[:8]) + (' ...' if len(skipped) > 8 else ''))
+
+    # ---- Plugins ------------------------------------------------------------------------------
+    import plugins as plugin_registry
+    registry = plugin_registry.registry()
+    opts = dnnlib.EasyDict(plugin_opts)
+    plugins = plugin_registry.PluginSet([registry[name] for name in plugin_names], opts, device, rank=rank, num_gpus=num_gpus)
+    G.requires_grad_(True); D.requires_grad_(True)   # plugins may switch parameters off in setup
+    plugins.setup(G, D, G_ema, dnnlib.EasyDict(training_set=training_set, batch_size=batch_size, batch_gpu=batch_gpu,
+        num_gpus=num_gpus, rank=rank, device=device, run_dir=run_dir, resume_data=resume_data,
+        full_resume=full_resume, G_opt_kwargs=G_opt_kwargs, D_opt_kwargs=D_opt_kwargs))
+    if full_resume:   # after setup, so modules a plugin added are filled from the snapshot too
+        for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
+            copy_matching_params(resume_data[name], module)
+    augment_pipe = plugins.augment_pipe
+    if resume_data is not None and augment_pipe is not None and resume_data.get('augment_pipe') is not None:
+        copy_matching_params(resume_data['augment_pipe'], augment_pipe)
+
+    # ---- Optimizers, loss ---------------------------------------------------------------------
+    phases = make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
+    G.requires_grad_(False); D.requires_grad_(False)
+    loss = dnnlib.util.construct_class_by_name(device=device, G=G, D=D, plugins=plugins, **loss_kwargs)
+
+    cur_nimg, cur_tick, batch_idx = 0, 0, 0
+    if full_resume:
+        cur_nimg, cur_tick, batch_idx = int(resume_state['cur_nimg']), int(resume_state['cur_tick']), start_batch_idx
+        for opt_name, opt in [('G_opt', phases[0].opt), ('D_opt', phases[-1].opt)]:
+            try:
+                opt.load_state_dict(resume_state[opt_name])
+            except (ValueError, KeyError) as e:
+                log(f'Resume: {opt_name} state not restored ({e}); starting it fresh')
+        plugins.load_state(resume_state.get('plugins', {}))
+        log(f'Resume: continuing at kimg {cur_nimg / 1000:.3f}, tick {cur_tick}, iteration {batch_idx}')
+
+    if num_gpus > 1:
+        for module in [G, D, G_ema] + ([augment_pipe] if augment_pipe is not None else []):
+            broadcast_module(module)
+
+    # ---- Outputs ------------------------------------------------------------------------------
+    grid_size = grid_z = grid_c = None
+    if rank == 0:
+        log('Exporting sample images...')
+        grid_size, images, labels = setup_snapshot_image_grid(training_set, random_seed, image_grid_max)
+        save_image_grid(images, os.path.join(run_dir, 'reals.png'), drange=[0, 255], grid_size=grid_size)
+        grid_z = torch.randn([labels.shape[0], G.z_dim], generator=torch.Generator().manual_seed(random_seed)).to(device)
+        grid_c = torch.from_numpy(labels).to(device)
+        if not full_resume:
+            save_image_grid(generate_grid(G_ema, grid_z, grid_c, batch_gpu), os.path.join(run_dir, 'fakes_init.png'),
+                            drange=[-1, 1], grid_size=grid_size)
+
+    log('Initializing logs...')
+    stats_collector = training_stats.Collector(regex='.*')
+    stats_metrics = dict()
+    stats_jsonl = None
+    stats_tfevents = None
+    if rank == 0:
+        stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
+        try:
+            import torch.utils.tensorboard as tensorboard
+            stats_tfevents = tensorboard.SummaryWriter(run_dir)
+        except ImportError as err:
+            log(f'Skipping tfevents export: {err}')
+
+    if full_resume:   # the RNG streams continue where the snapshot left them
+        rank_states = resume_state.get('rank_states')
+        if rank_states is not None and len(rank_states) == num_gpus:
+            set_rng_state(rank_states[rank]['rng'])
+            loss.load_state_dict(rank_states[rank].get('loss'))
+        elif rank == 0 and 'rng' in resume_state:   # saved by a different number of processes
+            set_rng_state(resume_state['rng'])
+            loss.load_state_dict(resume_state.get('loss'))
+
+    # ---- Train --------------------------------------------------------------------------------
+    total_nimg = int(total_kimg * 1000)
+    log(f'Training for {total_kimg} kimg...')
+    log()
+    tick_start_nimg = cur_nimg
+    tick_start_time = time.time()
+    maintenance_time = tick_start_time - start_time
+    if progress_fn is not None:
+        progress_fn(cur_nimg, total_nimg)
+    state = dnnlib.EasyDict(cur_nimg=cur_nimg, batch_idx=batch_idx, cur_tick=cur_tick, batch_size=batch_size,
+                            batch_gpu=batch_gpu, G=G, D=D, G_ema=G_ema, phases=phases)
+    done = cur_nimg >= total_nimg
+    while not done:
+        state.update(cur_nimg=cur_nimg, batch_idx=batch_idx, cur_tick=cur_tick)
+        plugins.on_iteration_start(state)
+
+        # Inputs of this iteration: reals, latents, labels of uniformly drawn training images.
+        real_img, real_c = next(training_set_iterator)
+        real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(batch_gpu)
+        real_c = real_c.to(device).split(batch_gpu)
+        all_gen_z = torch.randn([len(phases), batch_per_rank, G.z_dim], device=device)
+        all_gen_c = [training_set.get_label(np.random.randint(len(training_set))) for _ in range(len(phases) * batch_per_rank)]
+        all_gen_c = torch.from_numpy(np.stack(all_gen_c)).pin_memory() if device.type == 'cuda' else torch.from_numpy(np.stack(all_gen_c))
+        all_gen_c = all_gen_c.to(device).reshape(len(phases), batch_per_rank, -1)
+
+        for phase, gen_z, gen_c in zip(phases, all_gen_z, all_gen_c):
+            if batch_idx % phase.interval != 0:
+                continue
+            run_phase(phase, loss, plugins, real_img, real_c, gen_z.split(batch_gpu), gen_c.split(batch_gpu),
+                      cur_nimg, num_gpus, device, sync_timing)
+
+        plugins.before_ema(G, G_ema)
+        update_ema(G, G_ema, cur_nimg, batch_size, ema_kimg, ema_rampup)
+
+        cur_nimg += batch_size
+        batch_idx += 1
+        state.update(cur_nimg=cur_nimg, batch_idx=batch_idx, cur_tick=cur_tick)
+        plugins.end_of_iteration(state, stats_collector)
+
+        # ---- Tick ---------------------------------------------------------------------------
+        done = cur_nimg >= total_nimg
+        if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + kimg_per_tick * 1000:
+            continue
+        rng_state = get_rng_state()     # maintenance below must not disturb the training RNG streams
+        tick_end_time = time.time()
+        fields = tick_report(cur_tick, cur_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time,
+                             maintenance_time, device, plugins, augment_pipe)
+        log(' '.join(fields))
+
+        if abort_fn is not None and abort_fn():
+            done = True
+            log()
+            log('Aborting...')
+
+        if rank == 0 and image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0):
+            images = generate_grid(G_ema, grid_z, grid_c, batch_gpu)
+            save_image_grid(images, os.path.join(run_dir, f'fakes{cur_nimg // 1000:06d}.png'), drange=[-1, 1], grid_size=grid_size)
+
+        if network_snapshot_ticks is not None and (done or cur_tick % network_snapshot_ticks == 0):
+            snapshot_pkl, snapshot_data = save_snapshot(run_dir, G, D, G_ema, augment_pipe, training_set_kwargs, phases, plugins,
+                loss, cur_nimg, cur_tick, batch_idx, rng_state, options, num_gpus, rank, snapshot_keep)
+            if len(metrics) > 0:
+                stats_metrics.update(evaluate_metrics(metrics, snapshot_data['G_ema'], snapshot_pkl, run_dir,
+                    metric_set_kwargs or dict(training_set_kwargs, max_size=None, xflip=False), detector, num_gpus, rank, device, log))
+            del snapshot_data
+
+        stats_collector.update()
+        stats_dict = stats_collector.as_dict()
+        timestamp = time.time()
+        if stats_jsonl is not None:
+            stats_jsonl.write(json.dumps(dict(stats_dict, timestamp=timestamp)) + '\n')
+            stats_jsonl.flush()
+        if stats_tfevents is not None:
+            global_step = int(cur_nimg / 1e3)
+            walltime = timestamp - start_time
+            for name, value in stats_dict.items():
+                stats_tfevents.add_scalar(name, value.mean, global_step=global_step, walltime=walltime)
+            for name, value in stats_metrics.items():
+                stats_tfevents.add_scalar(f'Metrics/{name}', value, global_step=global_step, walltime=walltime)
+            stats_tfevents.flush()
+        if progress_fn is not None:
+            progress_fn(cur_nimg, total_nimg)
+
+        set_rng_state(rng_state)
+        cur_tick += 1
+        tick_start_nimg = cur_nimg
+        tick_start_time = time.time()
+        maintenance_time = tick_start_time - tick_end_time
+
+    if stats_jsonl is not None:
+        stats_jsonl.close()
+    if stats_tfevents is not None:
+        stats_tfevents.close()
+    log()
+    log('Exiting...')
+    return dnnlib.EasyDict(G=G, D=D, G_ema=G_ema, plugins=plugins, loss=loss, phases=phases,
+                           cur_nimg=cur_nimg, batch_idx=batch_idx, cur_tick=cur_tick)
+
+#----------------------------------------------------------------------------
+# The pieces of one iteration and one tick.
+
+def run_phase(phase, loss, plugins, real_img, real_c, gen_z, gen_c, cur_nimg, num_gpus, device, sync_timing):
+    """One optimizer step of one phase, accumulated over the per-GPU rounds."""
+    t0 = _timer(device, sync_timing)
+    phase.opt.zero_grad(set_to_none=True)
+    for p in phase.trainable:
+        p.requires_grad_(True)
+    for round_real_img, round_real_c, round_gen_z, round_gen_c in zip(real_img, real_c, gen_z, gen_c):
+        loss.accumulate_gradients(phase=phase.name, real_img=round_real_img, real_c=round_real_c,
+                                  gen_z=round_gen_z, gen_c=round_gen_c, gain=phase.interval, cur_nimg=cur_nimg)
+    for p in phase.trainable:
+        p.requires_grad_(False)
+    plugins.after_backward(phase.name, phase.module)
+    sanitize_and_reduce_grads(phase.trainable, num_gpus)
+    phase.opt.step()
+    plugins.after_step(phase.name, phase.module)
+    training_stats.report('Timing/' + phase.name, _timer(device, sync_timing) - t0)
+
+def _timer(device, sync):
+    if sync and device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+@torch.no_grad()
+def generate_grid(G_ema, grid_z, grid_c, batch):
+    """Images of the grid latents, [N, C, H, W] float in ~[-1, 1] on the CPU (noise const)."""
+    images = []
+    for z, c in zip(grid_z.split(batch), grid_c.split(batch)):
+        img = G_ema(z=z, c=c, noise_mode='const')
+        if isinstance(img, (tuple, list)):
+            img = img[0]
+        images.append(img.cpu())
+    return torch.cat(images).numpy()
+
+def tick_report(cur_tick, cur_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time, maintenance_time,
+                device, plugins, augment_pipe):
+    """Report per-tick statistics and return the fields of the status line."""
+    tick_kimg = (cur_nimg - tick_start_nimg) / 1000
+    total_sec = tick_end_time - start_time
+    sec_per_tick = tick_end_time - tick_start_time
+    sec_per_kimg = sec_per_tick / max(tick_kimg, 1e-8)
+    cpu_mem_gb = psutil.Process(os.getpid()).memory_info().rss / 2**30
+    gpu_mem_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else 0.0
+    gpu_reserved_gb = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == 'cuda' else 0.0
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    fields = [
+        f"tick {training_stats.report0('Progress/tick', cur_tick):<5d}",
+        f"kimg {training_stats.report0('Progress/kimg', cur_nimg / 1e3):<8.3f}",
+        f"time {dnnlib.util.format_time(training_stats.report0('Timing/total_sec', total_sec)):<12s}",
+        f"sec/tick {training_stats.report0('Timing/sec_per_tick', sec_per_tick):<7.1f}",
+        f"sec/kimg {training_stats.report0('Timing/sec_per_kimg', sec_per_kimg):<7.2f}",
+        f"maintenance {training_stats.report0('Timing/maintenance_sec', maintenance_time):<6.1f}",
+        f"cpumem {training_stats.report0('Resources/cpu_mem_gb', cpu_mem_gb):<6.2f}",
+        f"gpumem {training_stats.report0('Resources/peak_gpu_mem_gb', gpu_mem_gb):<6.2f}",
+    ]
+    training_stats.report0('Resources/peak_gpu_mem_reserved_gb', gpu_reserved_gb)
+    training_stats.report0('Timing/total_hours', total_sec / 3600)
+    training_stats.report0('Timing/total_days', total_sec / (24 * 3600))
+    plugins.report_stats()
+    if augment_pipe is not None:
+        fields.append(f'augment {float(augment_pipe.p):.3f}')
+    return fields
+
+def param_digest(modules):
+    """SHA-1 of all parameter bytes: the snapshot records one per rank, so replicas can be compared."""
+    import hashlib
+    h = hashlib.sha1()
+    for module in modules:
+        for name, p in module.named_parameters():
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def _snapshot_module(module):
+    if module is None:
+        return None
+    return copy.deepcopy(module).eval().requires_grad_(False).cpu()
+
+def save_snapshot(run_dir, G, D, G_ema, augment_pipe, training_set_kwargs, phases, plugins, loss, cur_nimg, cur_tick,
+                  batch_idx, rng_state, options, num_gpus, rank, snapshot_keep):
+    """Write network-snapshot-{kimg:06d}.pkl (rank 0) and return (path, data).
+
+    Besides the upstream keys it holds `resume_state`: what a resumed run needs to continue
+    exactly where this one stopped (optimizers, plugin state, counters, RNG of every rank).
+    """
+    if num_gpus > 1:
+        for module in [G, D, G_ema]:
+            misc.check_ddp_consistency(module, ignore_regex=r'.*\.[^.]+_(avg|ema)')
+    rank_states = gather_objects(dict(rng=rng_state, loss=loss.state_dict(), param_digest=param_digest([G, D, G_ema])), num_gpus)
+    plugin_states = plugins.state_for_snapshot()   # on every rank: a plugin may all-reduce here
+    data = dict(G=_snapshot_module(G), D=_snapshot_module(D), G_ema=_snapshot_module(G_ema),
+                augment_pipe=_snapshot_module(augment_pipe), training_set_kwargs=dict(training_set_kwargs))
+    snapshot_pkl = os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl')
+    if rank == 0:
+        data['resume_state'] = dict(
+            G_opt=phases[0].opt.state_dict(), D_opt=phases[-1].opt.state_dict(),
+            plugins=plugin_states, cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx,
+            rng=rank_states[0]['rng'], loss=rank_states[0]['loss'], rank_states=rank_states,
+            options=copy.deepcopy(options))
+        write_pickle_atomic(data, snapshot_pkl)
+        prune_snapshots(run_dir, snapshot_keep)
+    return snapshot_pkl, data
+
+def evaluate_metrics(metrics, G_ema, snapshot_pkl, run_dir, metric_set_kwargs, detector, num_gpus, rank, device, log):
+    """Compute each metric on the snapshot's G_ema; rank 0 appends metric-<name>.jsonl."""
+    from metrics import metric_main
+    log('Evaluating metrics...')
+    results = dict()
+    for metric in metrics:
+        result_dict = metric_main.calc_metric(metric=metric, G=G_ema, dataset_kwargs=metric_set_kwargs,
+                                              num_gpus=num_gpus, rank=rank, device=device, detector=detector)
+        if rank == 0:
+            metric_main.report_metric(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl)
+        results.update(result_dict.results)
+    return results
+
+#----------------------------------------------------------------------------
