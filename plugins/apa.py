@@ -45,6 +45,8 @@ class APAPlugin(Plugin):
         target = opts.get('target')
         if target is not None and not 0 <= target <= 1:
             raise ValueError(f'--target must be between 0 and 1, got {target}')
+        if opts.get('augpipe') is not None and not opts.get('with_dataaug'):
+            raise ValueError('--augpipe only matters with --aug=apa --with-dataaug=true; add that or drop --augpipe')
         fixed = opts.get('apa_fixed_p')
         if fixed is not None and not 0 <= fixed <= 1:
             raise ValueError(f'--apa-fixed-p must be in [0, 1], got {fixed}')
@@ -75,6 +77,7 @@ class APAPlugin(Plugin):
         else:
             self.p = torch.zeros([], device=device)
         self.p.fill_(0.0 if self.fixed_p is None else float(self.fixed_p))
+        self.p_host = None          # host copy of p, read lazily (a resume may overwrite the pipe's p)
         self.controller = None
         if self.fixed_p is None:
             target = opts.get('target')
@@ -91,16 +94,19 @@ class APAPlugin(Plugin):
     def replace_real_batch(self, real_img, phase):
         if phase not in REAL_PHASES:
             return real_img
-        p = float(self.p)
-        if p <= 0:
+        if self.p_host is None:
+            self.p_host = float(self.p)
+        if self.p_host <= 0:
             return real_img
-        flags = torch.rand([real_img.shape[0]], device=real_img.device) < p
+        flags = torch.rand([real_img.shape[0]], device=real_img.device) < self.p
         training_stats.report('APA/replaced_fraction', flags.float())
-        if not bool(flags.any()):
-            return real_img
         if self.pseudo is None:
+            if not bool(flags.any()):
+                return real_img
             raise RuntimeError('APA: real samples are to be replaced but no Gmain fakes exist yet; '
                                'the Gmain phase must run before Dmain/Dreg in each iteration')
+        # No `flags.any()` test in the normal path: it would stall the GPU once per D phase,
+        # and with no flag set the result equals real_img anyway.
         pseudo = match_batch(self.pseudo, real_img.shape[0]).to(real_img.device)
         return mix_batches(real_img, pseudo, flags)
 
@@ -110,8 +116,9 @@ class APAPlugin(Plugin):
         return self.augment_pipe(img)
 
     def end_of_iteration(self, state, stats):
-        if self.controller is not None:
+        if self.controller is not None and state.batch_idx % self.controller.interval == 0:
             self.controller.update(state.batch_idx, state.batch_size)
+            self.p_host = None      # re-read once (the controller changed p on the device)
 
     def report_stats(self):
         training_stats.report0('Progress/augment', float(self.p))
@@ -125,3 +132,4 @@ class APAPlugin(Plugin):
         # (ada_kimg is 100 when resuming).
         if state.get('p') is not None:
             self.p.fill_(float(state['p']))
+        self.p_host = None

@@ -120,6 +120,11 @@ class DiffAugPlugin(Plugin):
     @classmethod
     def validate(cls, aug, methods, opts):
         parse_policy(effective_policy(aug, opts))
+        if aug == 'diffaug':
+            for key in ['p', 'target', 'augpipe']:
+                if opts.get(key) is not None:
+                    raise ValueError(f'--{key} has no effect with --aug=diffaug (DiffAugment is always on); drop it, '
+                                     f'or use --aug=ada --diffaug-policy=... to combine ADA with DiffAugment')
 
     @classmethod
     def describe(cls, opts):

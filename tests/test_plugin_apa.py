@@ -22,7 +22,7 @@ def _opts(**kwargs):
 def _plugin(p=None, **kwargs):
     plugin = apa.APAPlugin(_opts(**kwargs), torch.device('cpu'))
     if p is not None:
-        plugin.p.fill_(p)
+        plugin.load_state(dict(p=p))
     return plugin
 
 def _capture(plugin, gen_img):
@@ -188,3 +188,12 @@ def test_training_loop_apa_with_ada_and_regan(tmp_path):
     assert 'Progress/augment' in stats and 'ReGAN/sparsity' in stats
     img = snapshot['G_ema'](torch.randn(2, 32), torch.zeros([2, 0]), noise_mode='const')
     assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
+
+def test_validation_messages():
+    with pytest.raises(ValueError, match='--apa-fixed-p'):
+        apa.APAPlugin.validate('apa', [], _opts(augpipe=None, apa_fixed_p=1.5))
+    with pytest.raises(ValueError, match='--with-dataaug'):
+        apa.APAPlugin.validate('apa', [], _opts(augpipe='bgc'))
+    with pytest.raises(ValueError, match='--p is for --aug=fixed'):
+        apa.APAPlugin.validate('apa', [], _opts(augpipe=None, p=0.3))
+    apa.APAPlugin.validate('apa', [], _opts(augpipe='bgc', with_dataaug=True))
