@@ -49,7 +49,7 @@ CASES = [   # (f, up, down, padding, flip, gain)
     ([1, 3, 3, 1], 1, 1, [2, 1, 2, 1], True, 1),            # filter2d, flipped
     ([1, 3, 3, 1], 2, 1, [1, 1, 1, 1], False, 4),           # after a transposed conv
     ([[1, 2, 0], [0, -1, 3]], [2, 1], [1, 3], [3, -1, 0, 2], False, 2.5),   # asymmetric, crops
-    ([1, 2, 3, 4, 5, 6, 7, 8], 2, 2, [4, 3, 4, 3], True, 1),  # 8 taps -> separable
+    ([1, 2, 3, 4, 5, 6, 7, 8], 2, 2, [4, 3, 4, 3], True, 2),  # 8 taps -> separable
     (None, 3, 2, [0, 1, -1, 2], False, 1),                   # identity filter
 ]
 

@@ -81,9 +81,10 @@ template <typename A> HD A act_deriv(int act, int order, A s, A u, A alpha) {
     }
 }
 
-// Result for element i, in the accumulation type.
-template <typename T>
-HD typename AccType<T>::type bias_act_element(const BiasActArgs& p, int64_t i) {
+// Result for element i, in the accumulation type. I: index type (32-bit division is much
+// cheaper on the GPU; the launcher uses it whenever the element count allows).
+template <typename T, typename I = int64_t>
+HD typename AccType<T>::type bias_act_element(const BiasActArgs& p, I i) {
     using A = typename AccType<T>::type;
     const T* in = static_cast<const T*>(p.in);
     const T* bias = static_cast<const T*>(p.bias);
@@ -94,7 +95,7 @@ HD typename AccType<T>::type bias_act_element(const BiasActArgs& p, int64_t i) {
 
     A b = A(0);
     if (bias != nullptr && p.bias_len > 0)
-        b = to_acc(bias[(i / p.bias_stride) % p.bias_len]);
+        b = to_acc(bias[(i / I(p.bias_stride)) % I(p.bias_len)]);
 
     if (p.order == 0) {
         A y = act_value(p.act, to_acc(in[i]) + b, alpha) * gain;
@@ -114,18 +115,21 @@ HD typename AccType<T>::type bias_act_element(const BiasActArgs& p, int64_t i) {
     } else if (yref != nullptr) {
         A y = to_acc(yref[i]);
         u = y / gain;
+        // A saturated output was stored as the clamp rounded to T (fp16 cannot hold e.g.
+        // 256 * sqrt(0.5) exactly): compare against that rounded value.
         if (has_clamp)
-            pass = abs_(y) < clamp;
+            pass = abs_(y) < to_acc(from_acc<T>(clamp));
     }
     return pass ? to_acc(in[i]) * gain * act_deriv(p.act, p.order, s, u, alpha) : A(0);
 }
 
-template <typename T>
+template <typename T, typename I>
 __global__ void bias_act_kernel(BiasActArgs p) {
     T* out = static_cast<T*>(p.out);
-    const int64_t stride = int64_t(blockDim.x) * gridDim.x;
-    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.numel; i += stride)
-        out[i] = from_acc<T>(bias_act_element<T>(p, i));
+    const I n = I(p.numel);
+    const I stride = I(blockDim.x) * I(gridDim.x);
+    for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < n; i += stride)
+        out[i] = from_acc<T>(bias_act_element<T, I>(p, i));
 }
 
 template <typename T>
@@ -134,7 +138,11 @@ cudaError_t launch_typed(const BiasActArgs& p, cudaStream_t stream) {
     int64_t blocks = (p.numel + threads - 1) / threads;
     if (blocks > 65536) blocks = 65536;     // grid-stride loop covers the rest
     if (blocks < 1) blocks = 1;
-    bias_act_kernel<T><<<unsigned(blocks), threads, 0, stream>>>(p);
+    // 32-bit indices when i + grid stride cannot overflow them.
+    if (p.numel + int64_t(blocks) * threads < (int64_t(1) << 32))
+        bias_act_kernel<T, uint32_t><<<unsigned(blocks), threads, 0, stream>>>(p);
+    else
+        bias_act_kernel<T, int64_t><<<unsigned(blocks), threads, 0, stream>>>(p);
     return cudaGetLastError();
 }
 
