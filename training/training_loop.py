@@ -123,9 +123,8 @@ def load_network_file(path):
         import legacy
     except ImportError:
         legacy = None
-    if legacy is not None and hasattr(legacy, 'load_network_pkl'):
-        with dnnlib.util.open_url(path) as f:
-            return legacy.load_network_pkl(f)
+    if legacy is not None and hasattr(legacy, 'load_network'):
+        return legacy.load_network(path)
     with dnnlib.util.open_url(path) as f:
         return pickle.load(f)
 

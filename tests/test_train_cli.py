@@ -1,0 +1,169 @@
+"""train.py as users run it: one clear error per bad input (before anything is trained), a
+run killed with SIGKILL and resumed with --resume=latest, and a 2-process gloo run on CPU."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def make_dataset(root, num=12, size=(16, 16), labels=True):
+    """PNG folder dataset; size = (width, height)."""
+    rnd = np.random.RandomState(0)
+    os.makedirs(os.path.join(root, '00000'), exist_ok=True)
+    entries = []
+    for i in range(num):
+        img = (rnd.rand(size[1], size[0], 3) * 255).astype(np.uint8)
+        fname = f'00000/img{i:08d}.png'
+        PIL.Image.fromarray(img).save(os.path.join(root, fname))
+        entries.append([fname, i % 2])
+    with open(os.path.join(root, 'dataset.json'), 'w') as f:
+        json.dump({'labels': entries if labels else None}, f)
+    return str(root)
+
+def load(path):
+    with open(path, 'rb') as f:
+        return pickle.load(f)
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp('cli') / 'ds16')
+
+#----------------------------------------------------------------------------
+
+def bad_input_cases(tmp_path, data):
+    nonsquare = make_dataset(tmp_path / 'nonsquare', size=(16, 8))
+    odd = make_dataset(tmp_path / 'odd', size=(12, 12))
+    unlabelled = make_dataset(tmp_path / 'nolabels', labels=False)
+    corrupt = tmp_path / 'corrupt.zip'
+    corrupt.write_bytes(b'PK\x03\x04 this is not a zip archive')
+    return [
+        ([], '--data is required'),
+        ([f'--data={tmp_path}/missing.zip'], 'no such file or directory'),
+        ([f'--data={corrupt}'], 'cannot read the dataset'),
+        ([f'--data={nonsquare}'], 'square'),
+        ([f'--data={odd}'], 'power of two'),
+        ([f'--data={unlabelled}', '--cond=1'], '--cond=True needs labels'),
+        ([f'--data={data}', '--gpus=2', '--batch=7'], '--batch=7 must be a positive multiple of --gpus=2'),
+        ([f'--data={data}', '--gpus=3'], '--gpus=3 must be a power of two'),
+        ([f'--data={data}', '--cfg=huge'], "Invalid value for '--cfg'"),
+        ([f'--data={data}', '--aug=magic'], 'unknown --aug "magic"'),
+        ([f'--data={data}', '--method=magic'], 'unknown --method "magic"'),
+        ([f'--data={data}', '--aug=fixed'], '--aug=fixed needs --p'),
+        ([f'--data={data}', f'--resume={tmp_path}/nothing.pkl'], 'no such file'),
+        ([f'--data={data}', '--resume=latest'], '--resume=latest: no network-snapshot'),
+        ([f'--data={data}', '--metrics=fid_magic'], 'unknown --metrics fid_magic'),
+    ]
+
+def test_bad_inputs_give_one_clear_error(tmp_path, data):
+    runner = CliRunner()
+    outdir = tmp_path / 'out'
+    for args, message in bad_input_cases(tmp_path, data):
+        result = runner.invoke(train.build_cli(), [f'--outdir={outdir}', '--cfg=tiny', '--metrics=none', *args]
+                               if not any(a.startswith('--cfg') or a.startswith('--metrics') for a in args)
+                               else [f'--outdir={outdir}', *args])
+        assert result.exit_code == 2, (args, result.output, result.exception)
+        assert message in result.output, (args, result.output)
+        assert 'Traceback' not in result.output
+        assert result.output.count('Error:') == 1
+    assert not outdir.exists()      # nothing was created before the error
+
+def test_help_groups_plugin_options():
+    result = CliRunner().invoke(train.build_cli(), ['--help'])
+    assert result.exit_code == 0
+    for option in ['--outdir', '--resume', '--freezed', '--snapshot-keep', '--tick', '--method', '--labels', '--detector']:
+        assert option in result.output
+    import plugins
+    for name in {name for name, _opt in plugins.all_options()}:
+        assert f'Options of {name}:' in result.output
+
+#----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigkill_then_resume_latest_continues(tmp_path, data):
+    outdir = tmp_path / 'runs'
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data}', '--cfg=tiny',
+           '--metrics=none', '--workers=0', '--kimg=50', '--tick=0.016', '--snap=1', '--aug=ada', '--cond=1']
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        snaps = []
+        while time.time() < deadline and not snaps and proc.poll() is None:
+            time.sleep(0.2)
+            snaps = train.list_snapshots(str(outdir))
+        assert snaps, 'the run wrote no snapshot'
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    snap_path = train.list_snapshots(str(outdir))[-1]
+    snap = load(snap_path)
+    rs = snap['resume_state']
+    nimg, batch_idx = rs['cur_nimg'], rs['batch_idx']
+    assert nimg == 8 * batch_idx and nimg > 0
+
+    def resume(kimg):
+        argv = [f'--outdir={outdir}', f'--data={data}', '--cfg=tiny', '--metrics=none', '--workers=0', f'--kimg={kimg}',
+                '--tick=0.016', '--snap=1', '--aug=ada', '--cond=1', '--resume=latest']
+        c = train.build_cli().main(argv + ['--dry-run'], standalone_mode=False)
+        assert c.resume_pkl == snap_path
+        return train.run_training(c)
+
+    # Resume without training: everything is exactly the snapshot's state.
+    same = resume(nimg / 1000)
+    assert (same.cur_nimg, same.batch_idx, same.cur_tick) == (nimg, batch_idx, rs['cur_tick'])
+    assert float(same.plugins['ada'].augment_pipe.p) == rs['plugins']['ada']['p'] == float(snap['augment_pipe'].p)
+    for phase, key in [(same.phases[0], 'G_opt'), (same.phases[-1], 'D_opt')]:
+        live, saved = phase.opt.state_dict(), rs[key]
+        assert live['param_groups'] == saved['param_groups']
+        for idx in saved['state']:
+            for k, v in saved['state'][idx].items():
+                assert torch.equal(torch.as_tensor(live['state'][idx][k]), torch.as_tensor(v))
+    for name in ['G', 'D', 'G_ema']:
+        for (ka, a), (kb, b) in zip(snap[name].state_dict().items(), same[name].state_dict().items()):
+            assert ka == kb and torch.equal(a, b.cpu())
+
+    # Resume and train 2 iterations: the counters and Adam step counts continue.
+    more = resume((nimg + 16) / 1000)
+    assert (more.cur_nimg, more.batch_idx) == (nimg + 16, batch_idx + 2)
+    g_steps = sum(1 + (i % 4 == 0) for i in (batch_idx, batch_idx + 1))    # Gmain + Greg every 4
+    d_steps = sum(1 + (i % 16 == 0) for i in (batch_idx, batch_idx + 1))   # Dmain + Dreg every 16
+    for phase, key, steps in [(more.phases[0], 'G_opt', g_steps), (more.phases[-1], 'D_opt', d_steps)]:
+        assert float(phase.opt.state_dict()['state'][0]['step']) == float(rs[key]['state'][0]['step']) + steps
+    runs = sorted(os.listdir(outdir))
+    assert runs[0].startswith('00000-') and runs[-1].startswith('00002-') and runs[-1].endswith('-resumelatest')
+    stats = [json.loads(line) for line in open(os.path.join(outdir, runs[-1], 'stats.jsonl'))]
+    assert stats[-1]['Progress/kimg']['mean'] == pytest.approx((nimg + 16) / 1000)
+
+@pytest.mark.slow
+def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, data):
+    argv = [f'--outdir={tmp_path}', f'--data={data}', '--cfg=tiny', '--metrics=none', '--workers=0', '--gpus=2',
+            '--batch=8', '--kimg=0.024', '--tick=0.008', '--snap=1', '--aug=ada', '--cond=1']
+    c = train.build_cli().main(argv + ['--dry-run'], standalone_mode=False)
+    assert (c.num_gpus, c.batch_size, c.batch_gpu) == (2, 8, 4)
+    assert train.run_training(c) is None           # trained in two spawned processes
+    snap = load(os.path.join(c.run_dir, 'network-snapshot-000000.pkl'))
+    rank_states = snap['resume_state']['rank_states']
+    assert len(rank_states) == 2
+    assert rank_states[0]['param_digest'] == rank_states[1]['param_digest']        # identical G, D, G_ema
+    assert not torch.equal(rank_states[0]['rng']['torch'], rank_states[1]['rng']['torch'])  # own RNG streams
+    assert snap['resume_state']['cur_nimg'] == 24 and snap['resume_state']['batch_idx'] == 3
+    stats = [json.loads(line) for line in open(os.path.join(c.run_dir, 'stats.jsonl'))]
+    # Iteration 0: Dmain + Dreg each report 4 real signs per rank, summed over both ranks.
+    assert stats[0]['Loss/signs/real']['num'] == 16
+    log = open(os.path.join(c.run_dir, 'log.txt')).read()
+    assert 'tick 2' in log
