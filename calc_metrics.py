@@ -96,6 +96,10 @@ def run_metrics(rank, args, temp_dir):
                                          fake_images=args.images, num_gen=args.num_gen)
         if rank == 0:
             metric_main.report_metric(result, run_dir=args.run_dir, snapshot_pkl=args.network)
+    if args.num_gpus > 1:
+        # Leave together: a rank exiting with the group alive aborts the other ranks (gloo).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     if rank == 0 and args.verbose:
         print('Exiting...')
 
