@@ -53,13 +53,16 @@ def magnitude_mask(weight, sparsity):
     w = weight.detach().abs().float()
     return w < linear_quantile(w, sparsity)
 
-def select_params(module, exclude='torgb', skip_bias=False):
-    """Names of the parameters Re-GAN covers: all but those matching `exclude` (regex search);
-    with skip_bias also biases and 1-element tensors."""
+def select_params(module, exclude='torgb', skip_bias=False, include=None):
+    """Names of the parameters Re-GAN covers: those matching `include` (regex search; None =
+    all) but not `exclude`; with skip_bias also not biases and 1-element tensors."""
     pattern = re.compile(exclude) if exclude else None
+    keep = re.compile(include) if include else None
     names = []
     for name, param in module.named_parameters():
         if pattern is not None and pattern.search(name):
+            continue
+        if keep is not None and not keep.search(name):
             continue
         if skip_bias and (name.endswith('bias') or param.numel() == 1):
             continue
@@ -74,6 +77,13 @@ def uses_per_image(name, param):
         return int(m.group(1)) ** 2
     return 1
 
+def iterations(opts, what):
+    """--regan-{what} in iterations, or --regan-{what}-kimg converted with the global batch."""
+    kimg = opts.get(f'regan_{what}_kimg')
+    if kimg is not None:
+        return max(1 if what == 'g' else 0, int(round(kimg * 1000 / (opts.get('batch_size') or 1))))
+    return int(opts[f'regan_{what}'])
+
 #----------------------------------------------------------------------------
 
 @register('regan')
@@ -85,7 +95,10 @@ class ReGANPlugin(Plugin):
         Option('regan-refresh', type=str, default='every_step',
                help='Re-GAN: recompute masks on every sparse iteration (every_step, StyleGAN2 ref) or only when a sparse phase starts (phase_start)'),
         Option('regan-exclude', type=str, default='torgb', help='Re-GAN: regex of G parameter names never pruned'),
+        Option('regan-include', type=str, default=None, help='Re-GAN: regex; prune only G parameters whose names match [default: all]'),
         Option('regan-skip-bias', type=bool, default=False, help='Re-GAN: also leave biases and 1-element tensors dense'),
+        Option('regan-g-kimg', type=float, default=None, help='Re-GAN: phase length in kimg instead of iterations (overrides --regan-g)'),
+        Option('regan-warmup-kimg', type=float, default=None, help='Re-GAN: warm-up in kimg instead of iterations (overrides --regan-warmup)'),
         Option('regan-ref-extra-sparse-iter', type=bool, default=False,
                help='Re-GAN: make the first sparse phase g+1 iterations long, like the StyleGAN2 ref'),
     ]
@@ -101,20 +114,22 @@ class ReGANPlugin(Plugin):
             raise ValueError(f'--regan-warmup must be >= 0, got {opts.get("regan_warmup")}')
         if opts.get('regan_refresh') not in ('every_step', 'phase_start'):
             raise ValueError(f'--regan-refresh must be every_step or phase_start, got {opts.get("regan_refresh")}')
-        try:
-            re.compile(opts.get('regan_exclude') or '')
-        except re.error as e:
-            raise ValueError(f'--regan-exclude is not a valid regex: {e}')
+        for key in ('regan_exclude', 'regan_include'):
+            try:
+                re.compile(opts.get(key) or '')
+            except re.error as e:
+                raise ValueError(f'--{key.replace("_", "-")} is not a valid regex: {e}')
 
     @classmethod
     def describe(cls, opts):
-        return f'regan-s{opts["regan_sparsity"]:g}-g{opts["regan_g"]}'
+        return f'regan-s{opts["regan_sparsity"]:g}-g{iterations(opts, "g")}'
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
         self.sparsity = float(opts['regan_sparsity'])
-        self.g = int(opts['regan_g'])
-        self.warmup = int(opts['regan_warmup'])
+        self.g = iterations(opts, 'g')
+        self.warmup = iterations(opts, 'warmup')
+        self.include = opts.get('regan_include')
         self.refresh = opts.get('regan_refresh') or 'every_step'
         self.exclude = opts.get('regan_exclude', 'torgb')
         self.skip_bias = bool(opts.get('regan_skip_bias'))
@@ -131,7 +146,7 @@ class ReGANPlugin(Plugin):
         """Bind to the training G and create all-False masks for the covered parameters."""
         self.G = G
         self.params = dict(G.named_parameters())
-        names = select_params(G, self.exclude, self.skip_bias)
+        names = select_params(G, self.exclude, self.skip_bias, self.include)
         self.masks = {name: torch.zeros_like(self.params[name], dtype=torch.bool) for name in names}
 
     def update_masks(self):

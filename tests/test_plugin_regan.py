@@ -176,6 +176,13 @@ def test_state_roundtrip():
 def describe_ok():
     return regan.ReGANPlugin.describe(_opts(regan_sparsity=0.3, regan_g=5000)) == 'regan-s0.3-g5000'
 
+def test_include_regex_and_kimg_aliases():
+    plugin, _, _ = _setup(regan_include=r'^mapping\.')
+    assert set(plugin.masks) == {'mapping.fc0.weight', 'mapping.fc0.bias'}
+    opts = _opts(batch_size=32, regan_g_kimg=160.0, regan_warmup_kimg=320.0)
+    assert regan.iterations(opts, 'g') == 5000 and regan.iterations(opts, 'warmup') == 10000
+    assert regan.ReGANPlugin.describe(opts) == 'regan-s0.3-g5000'
+
 def test_validation_messages():
     with pytest.raises(ValueError, match='--regan-sparsity'):
         regan.ReGANPlugin.validate('noaug', ['regan'], _opts(regan_sparsity=1.5))
