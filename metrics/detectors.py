@@ -425,6 +425,28 @@ def save_random_detector(path, kind='inception', seed=0, **kwargs):
     torch.save(sd, path)
     return path
 
+class StubDetector(nn.Module):
+    """A tiny, fast stand-in detector for CPU tests and smoke runs (no weights).
+
+    Same calling convention as the Inception / VGG16 detectors: features are per-channel
+    means, standard deviations and a 4x-subsampled copy of the image scaled to [0, 1]
+    (6 + 3 * ceil(H/4) * ceil(W/4) values); the probabilities are a softmax over the first 6.
+    """
+    def forward(self, x, return_features: bool = False, no_output_bias: bool = False,
+                resize_images: bool = True, return_lpips: bool = False):
+        x = x.float() / 255
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        f = torch.cat([x.mean(dim=[2, 3]), x.std(dim=[2, 3]), x[:, :, ::4, ::4].flatten(1)], dim=1)
+        if return_features or return_lpips:
+            return f
+        return f[:, :6].softmax(dim=1)
+
+def save_stub_detector(path):
+    """Write StubDetector as a TorchScript file usable as --detector / --vgg16. Returns path."""
+    torch.jit.save(torch.jit.script(StubDetector()), path)
+    return path
+
 def combine_vgg16_weights(torchvision_path, lpips_path, out_path):
     """Merge torchvision's vgg16-397923af.pth and LPIPS' v0.1 vgg.pth into one detector file."""
     sd = dict(torch.load(torchvision_path, map_location='cpu', weights_only=True))
@@ -545,9 +567,12 @@ if __name__ == '__main__':
     args = sys.argv[1:]
     if len(args) == 4 and args[0] == 'combine-vgg16':
         print(combine_vgg16_weights(*args[1:]))
+    elif len(args) == 2 and args[0] == 'stub':
+        print(save_stub_detector(args[1]))
     elif len(args) in (2, 3) and args[0] in ('random-inception', 'random-vgg16'):
         print(save_random_detector(args[1], kind=args[0].split('-')[1], seed=int(args[2]) if len(args) == 3 else 0))
     else:
         print('usage: python -m metrics.detectors combine-vgg16 TORCHVISION.pth LPIPS.pth OUT.pth\n'
-              '       python -m metrics.detectors random-inception|random-vgg16 OUT.pth [SEED]')
+              '       python -m metrics.detectors random-inception|random-vgg16 OUT.pth [SEED]\n'
+              '       python -m metrics.detectors stub OUT.pt   (tiny TorchScript stand-in for CPU tests)')
         sys.exit(1)

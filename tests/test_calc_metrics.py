@@ -26,15 +26,7 @@ G_KWARGS = dict(z_dim=8, w_dim=8, img_resolution=16, img_channels=3,
                 mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=16))
 NUM_REAL = 12
 
-class TinyExtractor(torch.nn.Module):
-    """A fast stand-in detector with the Inception / VGG16 calling conventions."""
-    def forward(self, x, return_features: bool = False, no_output_bias: bool = False,
-                resize_images: bool = True, return_lpips: bool = False):
-        x = x.float() / 255
-        f = torch.cat([x.mean(dim=[2, 3]), x.std(dim=[2, 3]), x[:, :, ::4, ::4].flatten(1)], dim=1)
-        if return_features or return_lpips:
-            return f
-        return f[:, :6].softmax(dim=1)
+TinyExtractor = detectors.StubDetector
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
@@ -65,8 +57,7 @@ def env(tmp_path_factory):
             pickle.dump(dict(G=G, D=D.eval().requires_grad_(False), G_ema=copy.deepcopy(G), augment_pipe=None,
                              training_set_kwargs=dict(tsk)), f)
         snaps[c_dim] = (str(path), G)
-    tiny = str(root / 'tiny.pt')
-    torch.jit.save(torch.jit.script(TinyExtractor()), tiny)
+    tiny = detectors.save_stub_detector(str(root / 'tiny.pt'))
     return dict(root=root, data=str(data), tsk=tsk, snaps=snaps, tiny=tiny)
 
 @pytest.fixture(autouse=True)
