@@ -171,7 +171,12 @@ int main(int argc, char** argv) {
     for (auto& v : f) if (scanf("%lf", &v) != 1) return 3;
     p.x = x.data(); p.f = f.data();
     std::vector<double> y(p.n * p.c * p.oh * p.ow);
-    for (int64_t i = 0; i < int64_t(y.size()); ++i) { int64_t off; double v = upfirdn2d_element<double>(p, i, &off); y[off] = v; }
+    for (int64_t i = 0; i < int64_t(y.size()); ++i) {
+        int64_t off, off32;
+        double v = upfirdn2d_element<double>(p, i, &off);
+        if (v != upfirdn2d_element<double, int32_t>(p, int32_t(i), &off32) || off != off32) return 4;   // int32 path
+        y[off] = v;
+    }
     printf("%lld %lld\n", (long long)p.oh, (long long)p.ow);
     for (double v : y) printf("%.17g\n", v);
     return 0;
@@ -235,7 +240,7 @@ def test_cuda_autograd_wiring_with_host_kernel(host_kernel, monkeypatch):
     backward) with the host build standing in for the GPU kernel, against the reference."""
     plugin = _HostPlugin(host_kernel)
     monkeypatch.setattr(U, '_load_plugin', lambda: plugin)
-    for case in (CASES[0], CASES[1], CASES[4], CASES[5]):
+    for case in (CASES[0], CASES[1], CASES[4], CASES[5], CASES[6]):
         x, f, up, down, pad, flip, gain = _make(case, shape=(1, 2, 4, 5))
         x.requires_grad_(True)
         fn = U._upfirdn2d_cuda(up=tuple(up), down=tuple(down), padding=tuple(pad), flip_filter=flip, gain=float(gain))

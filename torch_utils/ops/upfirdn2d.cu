@@ -24,58 +24,72 @@ template <> HD __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v)  { return _
 template <> HD double        from_acc<double, double>(double v)       { return v; }
 
 // Floor and ceiling division for a possibly negative numerator and a positive divisor.
-HD int64_t floor_div(int64_t a, int64_t b) {
+template <typename I> HD I floor_div(I a, I b) {
     return (a >= 0) ? a / b : -((-a + b - 1) / b);
 }
-HD int64_t ceil_div(int64_t a, int64_t b) {
-    return -floor_div(-a, b);
+template <typename I> HD I ceil_div(I a, I b) {
+    return -floor_div<I>(-a, b);
 }
 
 // Output pixel number idx (logical NCHW order): its value and where it goes in y.
-template <typename T>
-HD typename AccType<T>::type upfirdn2d_element(const UpfirdnArgs& p, int64_t idx, int64_t* out_offset) {
+// I: signed index type for the coordinate arithmetic (int32 is much cheaper on the GPU; the
+// launcher uses it when every coordinate fits). Memory offsets are always 64-bit.
+template <typename T, typename I = int64_t>
+HD typename AccType<T>::type upfirdn2d_element(const UpfirdnArgs& p, I idx, int64_t* out_offset) {
     using A = typename AccType<T>::type;
     const T* x = static_cast<const T*>(p.x);
     const A* f = static_cast<const A*>(p.f);
-    const int64_t ox = idx % p.ow;
-    const int64_t oy = (idx / p.ow) % p.oh;
-    const int64_t ci = (idx / (p.ow * p.oh)) % p.c;
-    const int64_t ni = idx / (p.ow * p.oh * p.c);
+    const I ow = I(p.ow), oh = I(p.oh), c = I(p.c);
+    const I ox = idx % ow;
+    const I oy = (idx / ow) % oh;
+    const I ci = (idx / (ow * oh)) % c;
+    const I ni = idx / (ow * oh * c);
 
     // Output pixel o reads upsampled+padded positions o*down + k (k = 0..taps-1); position
     // t holds input pixel i exactly when t - pad0 == i * up.
-    const int64_t jy = oy * p.downy - p.pady0;
-    const int64_t jx = ox * p.downx - p.padx0;
-    int64_t iy0 = ceil_div(jy, p.upy);                  if (iy0 < 0) iy0 = 0;
-    int64_t iy1 = floor_div(jy + p.fh - 1, p.upy);      if (iy1 > p.h - 1) iy1 = p.h - 1;
-    int64_t ix0 = ceil_div(jx, p.upx);                  if (ix0 < 0) ix0 = 0;
-    int64_t ix1 = floor_div(jx + p.fw - 1, p.upx);      if (ix1 > p.w - 1) ix1 = p.w - 1;
+    const I upx = I(p.upx), upy = I(p.upy);
+    const I jy = oy * I(p.downy) - I(p.pady0);
+    const I jx = ox * I(p.downx) - I(p.padx0);
+    I iy0 = ceil_div<I>(jy, upy);                   if (iy0 < 0) iy0 = 0;
+    I iy1 = floor_div<I>(jy + I(p.fh) - 1, upy);    if (iy1 > I(p.h) - 1) iy1 = I(p.h) - 1;
+    I ix0 = ceil_div<I>(jx, upx);                   if (ix0 < 0) ix0 = 0;
+    I ix1 = floor_div<I>(jx + I(p.fw) - 1, upx);    if (ix1 > I(p.w) - 1) ix1 = I(p.w) - 1;
 
-    const T* xc = x + ni * p.sx[0] + ci * p.sx[1];
+    const T* xc = x + int64_t(ni) * p.sx[0] + int64_t(ci) * p.sx[1];
     A acc = A(0);
-    for (int64_t iy = iy0; iy <= iy1; ++iy) {
-        const int ky = int(iy * p.upy - jy);            // tap index into the correlation kernel
+    for (I iy = iy0; iy <= iy1; ++iy) {
+        const int ky = int(iy * upy - jy);              // tap index into the correlation kernel
         const int fy = p.flip ? ky : (p.fh - 1 - ky);   // convolution reverses the taps
-        for (int64_t ix = ix0; ix <= ix1; ++ix) {
-            const int kx = int(ix * p.upx - jx);
+        const T* xrow = xc + int64_t(iy) * p.sx[2];
+        for (I ix = ix0; ix <= ix1; ++ix) {
+            const int kx = int(ix * upx - jx);
             const int fx = p.flip ? kx : (p.fw - 1 - kx);
-            acc += to_acc(xc[iy * p.sx[2] + ix * p.sx[3]]) * f[fy * p.fw + fx];
+            acc += to_acc(xrow[int64_t(ix) * p.sx[3]]) * f[fy * p.fw + fx];
         }
     }
-    *out_offset = ni * p.sy[0] + ci * p.sy[1] + oy * p.sy[2] + ox * p.sy[3];
+    *out_offset = int64_t(ni) * p.sy[0] + int64_t(ci) * p.sy[1] + int64_t(oy) * p.sy[2] + int64_t(ox) * p.sy[3];
     return acc * A(p.gain);
 }
 
-template <typename T>
+template <typename T, typename I>
 __global__ void upfirdn2d_kernel(UpfirdnArgs p) {
     T* y = static_cast<T*>(p.y);
-    const int64_t total = p.n * p.c * p.oh * p.ow;
-    const int64_t step = int64_t(blockDim.x) * gridDim.x;
-    for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
+    const I total = I(p.n * p.c * p.oh * p.ow);
+    const I step = I(blockDim.x) * I(gridDim.x);
+    for (I idx = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); idx < total; idx += step) {
         int64_t offset;
-        const auto v = upfirdn2d_element<T>(p, idx, &offset);
+        const auto v = upfirdn2d_element<T, I>(p, idx, &offset);
         y[offset] = from_acc<T, typename AccType<T>::type>(v);
     }
+}
+
+// True when all coordinate arithmetic of upfirdn2d_element (and idx + grid stride) fits in int32.
+inline bool fits_int32(const UpfirdnArgs& p, int64_t grid_threads) {
+    const int64_t lim = (int64_t(1) << 31) - 1;
+    const int64_t total = p.n * p.c * p.oh * p.ow;
+    const int64_t span_y = p.oh * int64_t(p.downy) + p.h * int64_t(p.upy) + int64_t(p.fh) + (p.pady0 < 0 ? -p.pady0 : p.pady0);
+    const int64_t span_x = p.ow * int64_t(p.downx) + p.w * int64_t(p.upx) + int64_t(p.fw) + (p.padx0 < 0 ? -p.padx0 : p.padx0);
+    return total + grid_threads < lim && span_y < lim && span_x < lim;
 }
 
 template <typename T>
@@ -84,7 +98,10 @@ cudaError_t launch_typed(const UpfirdnArgs& p, cudaStream_t stream) {
     int64_t blocks = (p.n * p.c * p.oh * p.ow + threads - 1) / threads;
     if (blocks > 65536) blocks = 65536;     // grid-stride loop covers the rest
     if (blocks < 1) blocks = 1;
-    upfirdn2d_kernel<T><<<unsigned(blocks), threads, 0, stream>>>(p);
+    if (fits_int32(p, blocks * threads))
+        upfirdn2d_kernel<T, int32_t><<<unsigned(blocks), threads, 0, stream>>>(p);
+    else
+        upfirdn2d_kernel<T, int64_t><<<unsigned(blocks), threads, 0, stream>>>(p);
     return cudaGetLastError();
 }
 
