@@ -26,7 +26,7 @@ def knn_radii(feats, k, batch=10000, opts=None):
     radii = torch.zeros(feats.shape[0], dtype=torch.float32, device=feats.device)
     for a, b in _row_batches(feats.shape[0], batch, opts):
         dist = torch.cdist(feats[a:b], feats)
-        radii[a:b] = dist.float().kthvalue(k + 1, dim=1).values
+        radii[a:b] = dist.topk(k + 1, dim=1, largest=False).values[:, k].float()  # topk works in FP16 on CUDA
     return _reduce_sum(radii, opts)
 
 def inside_manifold(manifold, radii, probes, batch=10000, opts=None):
@@ -37,7 +37,7 @@ def inside_manifold(manifold, radii, probes, batch=10000, opts=None):
         for c0 in range(0, manifold.shape[0], batch):  # column batches keep memory bounded
             c1 = min(c0 + batch, manifold.shape[0])
             dist = torch.cdist(probes[a:b], manifold[c0:c1])
-            inside |= (dist.float() <= radii[None, c0:c1]).any(dim=1)
+            inside |= (dist <= radii[None, c0:c1].to(dist.dtype)).any(dim=1)  # radii came from FP16 distances: exact
         hit[a:b] = inside.float()
     return _reduce_sum(hit, opts) > 0.5
 
