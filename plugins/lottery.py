@@ -173,7 +173,7 @@ class LotteryPlugin(Plugin):
             self.load_ticket(self.opts['ticket'])
 
     def load_ticket(self, path):
-        """Masks from a ticket file; G rewound to its theta_0 (and D too, with --rewind-d)."""
+        """Masks from a ticket file; G rewound to its theta_0 (and D too, with --rewind-D)."""
         ticket = torch.load(path, map_location='cpu', weights_only=False)
         params = dict(self.G.named_parameters())
         for name, mask in ticket['masks'].items():
