@@ -14,12 +14,12 @@ from torch_utils.ops import upfirdn2d as U
 
 @contextlib.contextmanager
 def gradfix_enabled(value=True):
-    old = conv2d_gradfix.enabled
-    conv2d_gradfix.enabled = value
+    old = conv2d_gradfix.enabled, conv2d_gradfix.cpu_enabled
+    conv2d_gradfix.enabled = conv2d_gradfix.cpu_enabled = value
     try:
         yield
     finally:
-        conv2d_gradfix.enabled = old
+        conv2d_gradfix.enabled, conv2d_gradfix.cpu_enabled = old
 
 
 def _rand(*shape, seed=0):

@@ -2,8 +2,9 @@
 any order are exact (R1 and path-length regularisation differentiate through the gradient),
 and whose weight gradient can be skipped with `no_weight_gradients()`.
 
-Set `enabled = True` (the training loop does) to use the custom op; otherwise the calls go
-straight to torch.nn.functional.
+With `enabled` (default) the custom op runs for CUDA tensors; CPU tensors go straight to
+torch.nn.functional (there the op would only add Python overhead) unless `cpu_enabled` is set
+(the tests do). Results are identical either way; only the skipped work differs.
 """
 
 import contextlib
@@ -11,7 +12,8 @@ import functools
 
 import torch
 
-enabled = False                     # use the custom op (else plain torch.nn.functional)
+enabled = True                      # use the custom op for CUDA tensors
+cpu_enabled = False                 # ... and for CPU tensors too
 weight_gradients_disabled = False   # set by no_weight_gradients()
 
 
@@ -35,7 +37,7 @@ def no_weight_gradients(disable=True):
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Same arguments and result as torch.nn.functional.conv2d."""
-    if not enabled:
+    if not _use_custom_op(input):
         return torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
     op = _conv_op(transpose=False, weight_shape=tuple(weight.shape), stride=_pair(stride),
                   padding=_pair(padding), output_padding=(0, 0), dilation=_pair(dilation), groups=groups)
@@ -44,13 +46,17 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """Same arguments and result as torch.nn.functional.conv_transpose2d."""
-    if not enabled:
+    if not _use_custom_op(input):
         return torch.nn.functional.conv_transpose2d(input, weight, bias, stride, padding, output_padding,
                                                     groups, dilation)
     op = _conv_op(transpose=True, weight_shape=tuple(weight.shape), stride=_pair(stride),
                   padding=_pair(padding), output_padding=_pair(output_padding), dilation=_pair(dilation),
                   groups=groups)
     return op.apply(input, weight, bias)
+
+
+def _use_custom_op(input):
+    return enabled and (input.is_cuda or cpu_enabled)
 
 
 def _pair(v):
