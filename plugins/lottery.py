@@ -167,10 +167,15 @@ class LotteryPlugin(Plugin):
         self.run_dir = ctx.get('run_dir')
         self.masks = full_masks(G)
         self._any_pruned = None
-        # theta_0: the seeded initial weights (or the weights-only resume), before any step.
-        self.theta0_G, self.theta0_D = cpu_state(G), cpu_state(D)
         if self.opts.get('ticket') and not ctx.get('full_resume'):
             self.load_ticket(self.opts['ticket'])
+
+    def on_iteration_start(self, state):
+        if self.theta0_G is None:
+            # theta_0: the seeded initial weights (or a weights-only resume) before any step. Taken
+            # here, not in setup(), because with several processes the loop broadcasts rank 0's
+            # weights after setup: every rank must rewind to the same theta_0.
+            self.theta0_G, self.theta0_D = cpu_state(self.G), cpu_state(self.D)
 
     def load_ticket(self, path):
         """Masks from a ticket file; G rewound to its theta_0 (and D too, with --rewind-D)."""

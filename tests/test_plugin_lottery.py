@@ -31,6 +31,7 @@ def _setup(run_dir=None, seed=0, **kwargs):
     G_ema = copy.deepcopy(G).eval()
     plugin = lottery.LotteryPlugin(_opts(**kwargs), 'cpu')
     plugin.setup(G, D, G_ema, dnnlib.EasyDict(run_dir=run_dir, full_resume=False))
+    plugin.on_iteration_start(dnnlib.EasyDict(batch_idx=0, cur_nimg=0))     # theta_0 is taken here
     return plugin, G, D, G_ema
 
 def _phases(G, D):
@@ -274,3 +275,18 @@ def test_training_loop_ticket_search_then_advaug(tmp_path):
     result2, snapshot2 = train(c2)
     assert all(torch.equal(result2.plugins['lottery'].masks[n], plugin.masks[n]) for n in names)
     assert _nonzero_fraction(snapshot2['G_ema'], names) == pytest.approx(0.8, abs=0.01)
+
+def test_theta0_is_taken_after_the_loops_broadcast():
+    # With several processes the loop overwrites every rank's weights with rank 0's after
+    # setup(); theta_0 must be those broadcast weights, or ranks would rewind differently.
+    G, D = _nets()
+    plugin = lottery.LotteryPlugin(_opts(imp_rounds=1, imp_kimg=0.004), 'cpu')
+    plugin.setup(G, D, copy.deepcopy(G), dnnlib.EasyDict(full_resume=False))
+    _perturb_all(G, seed=1), _perturb_all(D, seed=2)          # the "broadcast"
+    broadcast_G = {k: v.clone() for k, v in G.state_dict().items()}
+    broadcast_D = {k: v.clone() for k, v in D.state_dict().items()}
+    plugin.on_iteration_start(dnnlib.EasyDict(batch_idx=0, cur_nimg=0))
+    _perturb_all(G, seed=3), _perturb_all(D, seed=4)          # training
+    plugin.end_of_iteration(dnnlib.EasyDict(cur_nimg=4, batch_idx=1, batch_size=4, phases=_phases(G, D)), None)
+    assert all(torch.equal(v, broadcast_D[k]) for k, v in D.state_dict().items())
+    assert all(torch.equal(v, broadcast_G[k]) for k, v in G.state_dict().items() if k not in plugin.masks)
