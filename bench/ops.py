@@ -100,7 +100,6 @@ def main():
         if cuda:
             row += f' {results["ref"][0] / results["cuda"][0]:10.2f}x {results["ref"][1] / results["cuda"][1]:10.2f}x'
         print(row, flush=True)
-        del x, xg
         if cuda:
             torch.cuda.empty_cache()
 

@@ -28,7 +28,7 @@ def isolated(tmp_path, monkeypatch):
 
 def _have_compiler():
     try:
-        import ninja  # noqa: F401
+        import ninja  # noqa: F401  (torch's builder needs it)
     except ImportError:
         return False
     return shutil.which('c++') is not None or shutil.which('g++') is not None

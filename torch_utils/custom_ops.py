@@ -347,7 +347,8 @@ def prebuild_all(verbose: bool = True) -> Dict[str, bool]:
     """
     if not torch.cuda.is_available():
         return {}
-    from torch_utils.ops import bias_act, upfirdn2d  # noqa: F401  (importing registers them)
+    import torch_utils.ops.bias_act     # noqa: F401  (importing an op module registers its loader)
+    import torch_utils.ops.upfirdn2d    # noqa: F401
     status = {}
     for name, loader in sorted(_registry.items()):
         t0 = time.time()

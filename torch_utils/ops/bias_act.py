@@ -7,7 +7,6 @@ goes through `_bias_act_ref`, written in plain PyTorch ops.
 
 import math
 import os
-from typing import Optional
 
 import torch
 
