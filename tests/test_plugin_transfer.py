@@ -234,3 +234,16 @@ def test_training_loop_transfer_from_a_full_snapshot(tmp_path):
     new_data = make_dataset(tmp_path / 'new', n=8, classes=2, seed=1)
     result, _ = train(tiny_config(new_data, tmp_path / 'run_new', methods=['transfer'], cond=True, kimg=0.008, resume=old_snap))
     assert result.cur_nimg == 8     # counted from 0, not from the pretrained run's kimg
+
+def test_safe_format_roundtrip(tmp_path):
+    import legacy
+    _, _, G_new, D_new, G_ema = _transfer()
+    with torch.no_grad():
+        G_ema.mapping.embed.A.add_(0.5)
+    data = dict(G=G_new, D=D_new, G_ema=G_ema, augment_pipe=None, training_set_kwargs=None)
+    legacy.export_safe(data, str(tmp_path / 'net'))
+    loaded = legacy.load_network(str(tmp_path / 'net.safetensors'), safe=True, verbose=False)
+    z, c = torch.randn(3, 16), torch.eye(N_NEW)[[0, 1, 1]]
+    G2 = loaded['G_ema']
+    assert type(G2.mapping.embed).__name__ == 'CombinedEmbedding'
+    assert torch.equal(G2(z, c, noise_mode='const'), G_ema.eval()(z, c, noise_mode='const'))
