@@ -129,6 +129,8 @@ def calc_metrics(network, metrics, data, labels, mirror, num_gpus, detector, vgg
     Legacy (max N reals, x-flips kept): fid50k, kid50k, pr50k3.
     Long-tail groups (needs lt_dataset.py --shot-labels files): fid_shots, kid_shots.
     Folder mode (--images): FID, KID, PR and IS of existing images; no network needed.
+    Detectors: --detector / --vgg16, else downloaded once into $DNNLIB_CACHE_DIR/downloads
+    (default ~/.cache/dnnlib); offline, put the file there or pass its path.
     """
     args = dnnlib.EasyDict(metrics=parse_metric_list(metrics), num_gpus=num_gpus, network=network,
                            images=images, verbose=verbose, num_gen=num_gen)
