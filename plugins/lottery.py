@@ -304,7 +304,11 @@ class LotteryPlugin(Plugin):
         return F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
 
     def G_adv_loss(self, ctx):
-        """softplus(-D(A(G2(h + d)))) with h the b4 output (or ws), d from sign-gradient steps."""
+        """softplus(-D(A(G2(h + d)))) with h the b4 output (or ws), d from sign-gradient steps.
+
+        G2 is re-run from ctx.gen_ws (the clean pass's ws, style mixing included); with
+        noise_mode='random' these extra synthesis passes draw their own per-pixel noise.
+        """
         G, ws, c = ctx.G, ctx.gen_ws, ctx.gen_c
         direction = self._direction(False, for_G=True)
         def synth(ws_in, hook=None):
