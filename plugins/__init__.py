@@ -34,6 +34,10 @@ def register(name):
     """Class decorator: make a Plugin subclass selectable by `name`."""
     def decorator(cls):
         assert issubclass(cls, Plugin)
+        if cls.__module__.startswith('_imported_module_'):
+            # A snapshot's embedded copy of a plugin module (torch_utils.persistence re-executes
+            # module source on load): the real module already registered this name.
+            return cls
         if name in _registry and _registry[name] is not cls:
             raise ValueError(f'plugin name "{name}" registered twice')
         cls.name = name

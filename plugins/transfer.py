@@ -115,13 +115,7 @@ def new_parameter_count(embed):
 
 #----------------------------------------------------------------------------
 
-def _register_when_imported(name):
-    """register() only when this file is imported as plugins.transfer. Unpickling a snapshot
-    executes an embedded copy of this file under a generated module name (persistence); that
-    copy must not register a second 'transfer' plugin."""
-    return register(name) if __name__ == 'plugins.transfer' else (lambda cls: cls)
-
-@_register_when_imported('transfer')
+@register('transfer')
 class TransferPlugin(Plugin):
     options = [
         Option('transfer-stage', type=str, default='bn',
