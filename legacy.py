@@ -128,6 +128,11 @@ def _looks_like_safetensors(head):
     return 2 <= n < (1 << 31) and head[8:9] == b'{'
 
 def _unpickle(f, name):
+    # Import every plugin module first, so that persistent classes a plugin put into G / D
+    # (e.g. the transfer plugin's embedding) resolve to the live, importable module rather than
+    # an anonymous copy of its source, which the safe format could not name.
+    import plugins
+    plugins.registry()
     try:
         return pickle.load(f)
     except ModuleNotFoundError as e:
