@@ -256,26 +256,26 @@ def test_cuda_autograd_wiring_with_host_kernel(host_kernel, monkeypatch):
 
 #----------------------------------------------------------------------------
 # CUDA op vs reference (needs a GPU). Tolerances relative to the output's max magnitude:
-# fp32 1e-5, fp16 2e-3.
+# fp32 1e-5, fp16 5e-3 (four fp16 roundings on the way to the second derivative).
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
 @cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-5), (torch.float16, 2e-3)])
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-5), (torch.float16, 5e-3)])
 @pytest.mark.parametrize('case', CASES)
 def test_cuda_matches_reference(case, dtype, tol):
     assert U._load_plugin() is not None, 'upfirdn2d CUDA extension failed to build'
     x, f, up, down, pad, flip, gain = _make(case, shape=(4, 8, 16, 16))
     x = x.to('cuda', dtype)
-    f = None if f is None else f.float().cuda()
+    f = None if f is None else (f / f.sum()).float().cuda()     # normalised: no fp16 overflow
     def run(impl):
         xx = x.clone().requires_grad_(True)
         y = U.upfirdn2d(xx, f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain, impl=impl)
-        dy = torch.linspace(-1, 1, y.numel(), device='cuda', dtype=dtype).reshape(y.shape)
-        (dx,) = torch.autograd.grad(y, xx, dy, create_graph=True)
-        (d2,) = torch.autograd.grad((dx.float() * dx.detach().float()).sum(), xx)
+        # The op is linear: make the first gradient depend on x so a second order exists.
+        (dx,) = torch.autograd.grad((y.float() ** 2).sum() / 2, xx, create_graph=True)
+        (d2,) = torch.autograd.grad((dx.float() ** 2).sum(), xx)
         return [t.float() for t in (y, dx, d2)]
     for name, g, w in zip(('y', 'dx', 'd2'), run('cuda'), run('ref')):
         err = (g - w).abs().max().item() / (w.abs().max().item() + 1e-6)
