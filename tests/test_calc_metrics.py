@@ -237,3 +237,16 @@ def test_metric_dataset_kwargs_and_progress(env, tmp_path):
     metric_main.calc_metric('fid5_full', G=G, dataset_kwargs=env['tsk'], detector=env['tiny'], cache=False,
                             progress=lambda stage, done, total: calls.append((stage, done, total)))
     assert calls[-1][1:] == (5, 5) and any(c[1:] == (NUM_REAL, NUM_REAL) for c in calls)
+
+def test_full_versus_legacy_real_counts(env):
+    """*_full: every real image, flips off; legacy: at most N reals, the dataset's xflip kept."""
+    _, G = env['snaps'][0]
+    def real_total(metric, **tsk):
+        calls = []
+        metric_main.calc_metric(metric, G=G, dataset_kwargs=dict(env['tsk'], **tsk), detector=env['tiny'], cache=False,
+                                progress=lambda stage, done, total: calls.append((stage, total)))
+        return {total for stage, total in calls if 'generated' not in stage}
+    assert real_total('fid5_full', xflip=True, max_size=4) == {NUM_REAL}
+    assert real_total('fid20', xflip=True) == {20}   # 24 flipped items available, 20 used
+    assert real_total('fid30', xflip=True) == {2 * NUM_REAL}
+    assert real_total('fid30', xflip=False) == {NUM_REAL}
