@@ -219,3 +219,29 @@ def test_prebuild_all_without_cuda_builds_nothing():
     assert custom_ops.prebuild_all(verbose=False) == {}
     from torch_utils.ops import bias_act, upfirdn2d
     assert bias_act._load_plugin() is None and upfirdn2d._load_plugin() is None
+
+
+@needs_compiler
+def test_concurrent_processes_build_once(tmp_path):
+    """Two processes asking for the same op at the same time: one compiles, the other waits on
+    the lock and imports the result."""
+    (tmp_path / 'tiny.cpp').write_text(TINY)
+    (tmp_path / 'tiny.h').write_text('#pragma once\n#define TINY_FACTOR 4\n')
+    code = ('import sys; sys.path.insert(0, %r)\n'
+            'from torch.utils import cpp_extension\n'
+            'real = cpp_extension.load\n'
+            'def load(*a, **k):\n'
+            '    print("BUILD", flush=True)\n'
+            '    return real(*a, **k)\n'
+            'cpp_extension.load = load\n'
+            'from torch_utils import custom_ops\n'
+            'm = custom_ops.get_plugin("toolkit_test_race", ["tiny.cpp"], headers=["tiny.h"], source_dir=%r)\n'
+            'print("RESULT", m.triple(6), flush=True)\n') % (
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__))), str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ)) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert 'RESULT 24' in out
+    assert sum(out.count('BUILD') for out, _ in outs) == 1
