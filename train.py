@@ -170,8 +170,8 @@ def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed):
     c.D_kwargs = dnnlib.EasyDict(class_name='training.networks.Discriminator', architecture='resnet',
         channel_base=channel_base, channel_max=channel_max, num_fp16_res=4, conv_clamp=256,
         block_kwargs=dnnlib.EasyDict(), mapping_kwargs=dnnlib.EasyDict(), epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=mbstd))
-    c.G_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=spec.lrate, betas=[0, 0.99], eps=1e-8)
-    c.D_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=spec.lrate, betas=[0, 0.99], eps=1e-8)
+    c.G_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=spec.lrate, betas=[0.0, 0.99], eps=1e-8)
+    c.D_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=spec.lrate, betas=[0.0, 0.99], eps=1e-8)
     c.loss_kwargs = dnnlib.EasyDict(class_name='training.loss.StyleGAN2Loss', r1_gamma=spec.gamma if gamma is None else gamma,
                                     style_mixing_prob=0.9, pl_weight=2)
     c.ema_kimg = spec.ema

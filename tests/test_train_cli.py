@@ -167,3 +167,41 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, data):
     assert stats[0]['Loss/signs/real']['num'] == 16
     log = open(os.path.join(c.run_dir, 'log.txt')).read()
     assert 'tick 2' in log
+
+#----------------------------------------------------------------------------
+
+def test_resume_latest_and_run_dir_numbering(tmp_path):
+    for run, kimg in [('00000-a', 4), ('00000-a', 12), ('00003-b', 0), ('00003-b', 8), ('00002-c', 40)]:
+        os.makedirs(tmp_path / run, exist_ok=True)
+        (tmp_path / run / f'network-snapshot-{kimg:06d}.pkl').write_bytes(b'x')
+    os.makedirs(tmp_path / '00004-no-snapshots')
+    assert train.resolve_resume('latest', str(tmp_path)) == str(tmp_path / '00003-b' / 'network-snapshot-000008.pkl')
+    assert train.resolve_resume(str(tmp_path / '00000-a'), str(tmp_path)) == str(tmp_path / '00000-a' / 'network-snapshot-000012.pkl')
+    assert train.resolve_resume('noresume', str(tmp_path)) is None
+    assert train.resolve_resume('ffhq256', str(tmp_path)).startswith('https://')
+    assert train.next_run_dir(str(tmp_path), 'x') == str(tmp_path / '00005-x')
+    assert train.next_run_dir(str(tmp_path / 'new'), 'x') == str(tmp_path / 'new' / '00000-x')
+
+def test_snapshot_keep_prunes_oldest(tmp_path):
+    from training.training_loop import prune_snapshots
+    for kimg in [0, 4, 8, 12]:
+        (tmp_path / f'network-snapshot-{kimg:06d}.pkl').write_bytes(b'x')
+    prune_snapshots(str(tmp_path), 2)
+    assert sorted(os.listdir(tmp_path)) == ['network-snapshot-000008.pkl', 'network-snapshot-000012.pkl']
+
+def test_lazy_regularisation_adam_settings_and_ema_beta():
+    from training.training_loop import make_optimizer_phases, update_ema
+    G, D = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    kw = dict(class_name='torch.optim.Adam', lr=0.002, betas=[0, 0.99], eps=1e-8)
+    phases = make_optimizer_phases(G, D, kw, kw, G_reg_interval=4, D_reg_interval=None)
+    assert [(p.name, p.interval) for p in phases] == [('Gmain', 1), ('Greg', 4), ('Dboth', 1)]
+    group = phases[0].opt.param_groups[0]
+    assert group['lr'] == pytest.approx(0.002 * 4 / 5) and group['betas'][1] == pytest.approx(0.99 ** (4 / 5))
+    assert phases[0].opt is phases[1].opt and phases[2].opt.param_groups[0]['lr'] == 0.002
+    G_ema = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        G.weight.fill_(1.0); G_ema.weight.fill_(0.0)
+    beta = update_ema(G, G_ema, cur_nimg=10_000, batch_size=32, ema_kimg=10, ema_rampup=0.05)
+    assert beta == pytest.approx(0.5 ** (32 / 500))          # ramp: ema_nimg = min(10000, 10000 * 0.05)
+    assert torch.allclose(G_ema.weight, torch.full_like(G_ema.weight, 1 - beta))
+    assert update_ema(G, G_ema, cur_nimg=10_000, batch_size=32, ema_kimg=10, ema_rampup=None) == pytest.approx(0.5 ** (32 / 10_000))

@@ -183,6 +183,8 @@ def make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_re
     for name, module, opt_kwargs, reg_interval in [('G', G, G_opt_kwargs, G_reg_interval), ('D', D, D_opt_kwargs, D_reg_interval)]:
         trainable = [p for p in module.parameters() if p.requires_grad]
         opt_kwargs = dnnlib.EasyDict(opt_kwargs)
+        if 'betas' in opt_kwargs:   # torch's Adam rejects a mix of int and float betas
+            opt_kwargs.betas = [float(beta) for beta in opt_kwargs.betas]
         if reg_interval is None:
             opt = dnnlib.util.construct_class_by_name(params=trainable, **opt_kwargs)
             phases.append(dnnlib.EasyDict(name=name + 'both', module=module, opt=opt, interval=1, lr=opt_kwargs.lr, trainable=trainable))
@@ -203,8 +205,10 @@ def update_ema(G, G_ema, cur_nimg, batch_size, ema_kimg, ema_rampup):
     ema_beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
     with torch.no_grad():
         params = dict(G.named_parameters())
-        for name, p_ema in G_ema.named_parameters():
-            p_ema.copy_(params[name].detach().lerp(p_ema, ema_beta))
+        ema_params = [p for _name, p in G_ema.named_parameters()]
+        src_params = [params[name].detach() for name, _p in G_ema.named_parameters()]
+        if ema_params:   # p_ema + (1 - beta) * (p - p_ema) == lerp(p, p_ema, beta), one fused launch per group
+            torch._foreach_lerp_(ema_params, src_params, 1 - ema_beta)
         buffers = dict(G.named_buffers())
         for name, b_ema in G_ema.named_buffers():
             b_ema.copy_(buffers[name])
@@ -274,23 +278,11 @@ def training_loop(
         resume_data = load_network_file(resume_pkl)
     resume_state = resume_data.get('resume_state') if resume_data is not None else None
     full_resume = resume_state is not None
-    if resume_data is not None and not full_resume:
-        ema_rampup = None   # transfer from weights only: the new run starts with a full-length EMA
 
     # ---- Data ---------------------------------------------------------------------------------
     log('Loading training set...')
     training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
     batch_per_rank = batch_size // num_gpus
-    start_batch_idx = int(resume_state['batch_idx']) if full_resume else 0
-    sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed)
-    sampler = _SkippingSampler(sampler, skip=start_batch_idx * batch_per_rank)
-    loader_kwargs = dict(data_loader_kwargs)
-    if loader_kwargs.get('num_workers', 0) == 0:
-        loader_kwargs.pop('prefetch_factor', None)
-    if device.type != 'cuda':
-        loader_kwargs.pop('pin_memory', None)
-    training_set_iterator = iter(torch.utils.data.DataLoader(dataset=training_set, sampler=sampler,
-                                                             batch_size=batch_per_rank, **loader_kwargs))
     log(f'Num images: {len(training_set)}, image shape: {training_set.image_shape}, label shape: {training_set.label_shape}')
 
     # ---- Networks -----------------------------------------------------------------------------
@@ -315,15 +307,33 @@ def training_loop(
     opts = dnnlib.EasyDict(plugin_opts)
     plugins = plugin_registry.PluginSet([registry[name] for name in plugin_names], opts, device, rank=rank, num_gpus=num_gpus)
     G.requires_grad_(True); D.requires_grad_(True)   # plugins may switch parameters off in setup
-    plugins.setup(G, D, G_ema, dnnlib.EasyDict(training_set=training_set, batch_size=batch_size, batch_gpu=batch_gpu,
+    setup_ctx = dnnlib.EasyDict(training_set=training_set, batch_size=batch_size, batch_gpu=batch_gpu,
         num_gpus=num_gpus, rank=rank, device=device, run_dir=run_dir, resume_data=resume_data,
-        full_resume=full_resume, G_opt_kwargs=G_opt_kwargs, D_opt_kwargs=D_opt_kwargs))
+        full_resume=full_resume, G_opt_kwargs=G_opt_kwargs, D_opt_kwargs=D_opt_kwargs)
+    plugins.setup(G, D, G_ema, setup_ctx)
+    if full_resume and not setup_ctx.full_resume:   # e.g. transfer from another run's full snapshot
+        log('Resume: a plugin asked for a weights-only resume; counters, optimizers and RNG start fresh')
+        full_resume, resume_state = False, None
+    if resume_data is not None and not full_resume:
+        ema_rampup = None   # transfer from weights only: the new run starts with a full-length EMA
     if full_resume:   # after setup, so modules a plugin added are filled from the snapshot too
         for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
             copy_matching_params(resume_data[name], module)
     augment_pipe = plugins.augment_pipe
     if resume_data is not None and augment_pipe is not None and resume_data.get('augment_pipe') is not None:
         copy_matching_params(resume_data['augment_pipe'], augment_pipe)
+
+    # ---- Data loader: a full resume continues the stream of real images where it stopped ---
+    start_batch_idx = int(resume_state['batch_idx']) if full_resume else 0
+    sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed)
+    sampler = _SkippingSampler(sampler, skip=start_batch_idx * batch_per_rank)
+    loader_kwargs = dict(data_loader_kwargs)
+    if loader_kwargs.get('num_workers', 0) == 0:
+        loader_kwargs.pop('prefetch_factor', None)
+    if device.type != 'cuda':
+        loader_kwargs.pop('pin_memory', None)
+    training_set_iterator = iter(torch.utils.data.DataLoader(dataset=training_set, sampler=sampler,
+                                                             batch_size=batch_per_rank, **loader_kwargs))
 
     # ---- Optimizers, loss ---------------------------------------------------------------------
     phases = make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
