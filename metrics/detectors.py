@@ -428,15 +428,17 @@ def save_random_detector(path, kind='inception', seed=0, **kwargs):
 class StubDetector(nn.Module):
     """A tiny, fast stand-in detector for CPU tests and smoke runs (no weights).
 
-    Same calling convention as the Inception / VGG16 detectors: features are per-channel
-    means, standard deviations and a 4x-subsampled copy of the image scaled to [0, 1]
-    (6 + 3 * ceil(H/4) * ceil(W/4) values); the probabilities are a softmax over the first 6.
+    Same calling convention as the Inception / VGG16 detectors: features (54 values) are
+    per-channel means and standard deviations of the image scaled to [0, 1], then a 4x4
+    thumbnail of it resized to 16x16; the probabilities are a softmax over the first 6.
     """
     def forward(self, x, return_features: bool = False, no_output_bias: bool = False,
                 resize_images: bool = True, return_lpips: bool = False):
         x = x.float() / 255
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
+        if x.shape[2] != 16 or x.shape[3] != 16:
+            x = F.interpolate(x, size=(16, 16), mode='bilinear', align_corners=False, antialias=True)
         f = torch.cat([x.mean(dim=[2, 3]), x.std(dim=[2, 3]), x[:, :, ::4, ::4].flatten(1)], dim=1)
         if return_features or return_lpips:
             return f

@@ -297,16 +297,19 @@ def gather_rows(x, opts):
     """All-gather [n_rank, D] tensors from every rank -> [sum n, D] (rank order).
 
     Only when torch.distributed is initialised and num_gpus > 1; ranks may hold
-    different counts (padding is removed).
+    different counts (padding is removed), and a rank with none may pass [0, 0].
     """
     if opts.num_gpus == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return x
-    n = torch.tensor([x.shape[0]], device=x.device)
-    counts = [torch.zeros_like(n) for _ in range(opts.num_gpus)]
-    torch.distributed.all_gather(counts, n)
-    counts = [int(c) for c in counts]
-    padded = torch.zeros([max(counts)] + list(x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[:x.shape[0]] = x
+    assert x.ndim == 2
+    # Exchange shapes first: a rank with no items may not know the feature width yet ([0, 0]).
+    shape = torch.tensor(list(x.shape), device=x.device)
+    shapes = [torch.zeros_like(shape) for _ in range(opts.num_gpus)]
+    torch.distributed.all_gather(shapes, shape)
+    counts = [int(s[0]) for s in shapes]
+    width = max(int(s[1]) for s in shapes)
+    padded = torch.zeros([max(counts), width], dtype=x.dtype, device=x.device)
+    padded[:x.shape[0], :x.shape[1]] = x
     parts = [torch.zeros_like(padded) for _ in range(opts.num_gpus)]
     torch.distributed.all_gather(parts, padded)
     return torch.cat([p[:c] for p, c in zip(parts, counts)])

@@ -208,7 +208,7 @@ def test_two_processes_match_one(env, tmp_path):
     rng = np.random.RandomState(2)
     folder = tmp_path / 'fakes'
     folder.mkdir()
-    for i in range(9):  # odd count: the ranks hold different numbers of items
+    for i in range(9):  # odd count: the ranks hold different numbers of items (rank 1 none in the last step)
         PIL.Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f'{i}.png')
     out = {}
     for gpus in (1, 2):
