@@ -193,3 +193,22 @@ def test_metrics_at_snapshots_with_metricdata(tmp_path, data, monkeypatch):
         assert len(lines) == 2                   # snapshots at ticks 0 and 1 (8 and 16 images)
         assert all(np.isfinite(line['results'][name]) for line in lines)
         assert lines[-1]['snapshot_pkl'] == 'network-snapshot-000000.pkl'
+
+def test_freeze_d_and_r1_through_fixed_augmentation(tmp_path, data):
+    """--freezed=2: D's first two layers (b16.fromrgb, b16.conv0) become buffers that never change;
+    17 iterations with p=0.5 include a Dreg step differentiating R1 through the augmentation."""
+    c = config(tmp_path, data, '--aug=fixed', '--p=0.5', '--freezed=2', '--kimg=0.136', '--tick=1', '--snap=100')
+    result = train.run_training(c)
+    trainable = dict(result.D.named_parameters())
+    frozen = dict(result.D.named_buffers())
+    assert 'b16.fromrgb.weight' in frozen and 'b16.conv0.weight' in frozen
+    assert 'b16.conv1.weight' in trainable and 'b16.fromrgb.weight' not in trainable
+    torch.manual_seed(0)   # rebuild G then D as the loop did: frozen weights are still the initial ones
+    common = dict(c_dim=0, img_resolution=16, img_channels=3)
+    train.dnnlib.util.construct_class_by_name(**c.G_kwargs, **common)
+    D0 = train.dnnlib.util.construct_class_by_name(**{**c.D_kwargs, 'block_kwargs': {'freeze_layers': 2}}, **common)
+    assert torch.equal(frozen['b16.conv0.weight'], D0.b16.conv0.weight)
+    assert not torch.equal(trainable['b16.conv1.weight'], D0.b16.conv1.weight)
+    stats = read_stats(c.run_dir)
+    assert stats[-1]['Progress/augment']['mean'] == pytest.approx(0.5)
+    assert np.isfinite(stats[-1]['Loss/r1_penalty']['mean']) and stats[-1]['Loss/r1_penalty']['num'] == 8
