@@ -175,9 +175,17 @@ int main(int argc, char** argv) {
         int64_t off, off32;
         double v = upfirdn2d_element<double>(p, i, &off);
         if (v != upfirdn2d_element<double, int32_t>(p, int32_t(i), &off32) || off != off32) return 4;   // int32 path
+        double w = v;   // the specialised kernel the launcher would pick, if any
+        switch (select_variant(p)) {
+            case kUp2Fs4:    w = upfirdn2d_element<double, int32_t, 2, 1, 4>(p, int32_t(i), &off32); break;
+            case kDown2Fs4:  w = upfirdn2d_element<double, int32_t, 1, 2, 4>(p, int32_t(i), &off32); break;
+            case kFilterFs4: w = upfirdn2d_element<double, int32_t, 1, 1, 4>(p, int32_t(i), &off32); break;
+            default: break;
+        }
+        if (w != v || off != off32) return 5;
         y[off] = v;
     }
-    printf("%lld %lld\n", (long long)p.oh, (long long)p.ow);
+    printf("%lld %lld %d\n", (long long)p.oh, (long long)p.ow, int(select_variant(p)));
     for (double v : y) printf("%.17g\n", v);
     return 0;
 }
@@ -209,7 +217,11 @@ def _host_upfirdn2d(exe, x, f2d, upx, upy, downx, downy, padx0, padx1, pady0, pa
     res = subprocess.run(args, input=text, capture_output=True, text=True, check=True)
     vals = res.stdout.split()
     oh, ow = int(vals[0]), int(vals[1])
-    return torch.tensor([float(v) for v in vals[2:]], dtype=torch.float64).reshape(x.shape[0], x.shape[1], oh, ow)
+    _host_upfirdn2d.variants_seen.add(int(vals[2]))
+    return torch.tensor([float(v) for v in vals[3:]], dtype=torch.float64).reshape(x.shape[0], x.shape[1], oh, ow)
+
+
+_host_upfirdn2d.variants_seen = set()
 
 
 class _HostPlugin:
@@ -233,6 +245,17 @@ def test_kernel_pixel_math_on_host(host_kernel, case):
         got = _host_upfirdn2d(host_kernel, xin, f2d, *up, *down, *pad, flip, gain)
         assert got.shape == want.shape
         assert (got - want).abs().max() < 1e-12
+
+
+def test_kernel_specialisations_exercised(host_kernel):
+    """The 4x4-filter fast paths (up 2, down 2, plain filter) agree with the generic kernel
+    (the harness exits non-zero otherwise) and each is reached by some case."""
+    _host_upfirdn2d.variants_seen.clear()
+    for case in CASES:
+        x, f, up, down, pad, flip, gain = _make(case)
+        f2d = torch.ones(1, 1, dtype=torch.float64) if f is None else (f if f.ndim == 2 else torch.outer(f, f))
+        _host_upfirdn2d(host_kernel, x, f2d, *up, *down, *pad, flip, gain)
+    assert _host_upfirdn2d.variants_seen >= {0, 1, 2, 3}
 
 
 def test_cuda_autograd_wiring_with_host_kernel(host_kernel, monkeypatch):
