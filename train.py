@@ -422,19 +422,20 @@ def main(**kw):
         desc += f'-freezed{kw.freezed}'
     c.run_dir = next_run_dir(kw.outdir, desc)
 
-    print()
-    print('Training options:')
-    print(json.dumps(c, indent=2))
-    print()
-    print(f'Output directory:   {c.run_dir}')
-    print(f'Training data:      {training_set_kwargs.path} ({num_images} images)')
-    print(f'Training duration:  {c.total_kimg} kimg')
-    print(f'Number of GPUs:     {c.num_gpus}')
-    print(f'Methods:            {", ".join(c.plugin_names)}')
-    print(f'Resolution:         {training_set_kwargs.resolution}, conditional: {training_set_kwargs.use_labels}')
-    print()
+    say = print if not under_torchrun() or int(os.environ['RANK']) == 0 else (lambda *args: None)
+    say()
+    say('Training options:')
+    say(json.dumps(c, indent=2))
+    say()
+    say(f'Output directory:   {c.run_dir}')
+    say(f'Training data:      {training_set_kwargs.path} ({num_images} images)')
+    say(f'Training duration:  {c.total_kimg} kimg')
+    say(f'Number of GPUs:     {c.num_gpus}')
+    say(f'Methods:            {", ".join(c.plugin_names)}')
+    say(f'Resolution:         {training_set_kwargs.resolution}, conditional: {training_set_kwargs.use_labels}')
+    say()
     if kw.dry_run:
-        print('Dry run; exiting.')
+        say('Dry run; exiting.')
         return c
 
     return run_training(c)

@@ -205,3 +205,20 @@ def test_lazy_regularisation_adam_settings_and_ema_beta():
     assert beta == pytest.approx(0.5 ** (32 / 500))          # ramp: ema_nimg = min(10000, 10000 * 0.05)
     assert torch.allclose(G_ema.weight, torch.full_like(G_ema.weight, 1 - beta))
     assert update_ema(G, G_ema, cur_nimg=10_000, batch_size=32, ema_kimg=10, ema_rampup=None) == pytest.approx(0.5 ** (32 / 10_000))
+
+@pytest.mark.slow
+def test_torchrun_two_workers_share_one_run_dir(tmp_path, data):
+    import socket
+    with socket.socket() as sock:      # a free port for the rendezvous
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
+           os.path.join(ROOT, 'train.py'), f'--outdir={tmp_path}', f'--data={data}', '--cfg=tiny', '--metrics=none',
+           '--workers=0', '--kimg=0.016', '--tick=0.008', '--snap=1', '--batch=8']
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = os.listdir(tmp_path)
+    assert len(runs) == 1 and proc.stdout.count('Training options:') == 1
+    rs = load(os.path.join(tmp_path, runs[0], 'network-snapshot-000000.pkl'))['resume_state']
+    assert len(rs['rank_states']) == 2 and rs['rank_states'][0]['param_digest'] == rs['rank_states'][1]['param_digest']
+    assert rs['options']['num_gpus'] == 2 and rs['options']['batch_gpu'] == 4
