@@ -2,6 +2,8 @@
 
 Parses and validates the command line, builds the training config (`c`), creates the run
 directory `{id:05d}-{desc}` and launches training_loop on 1..N processes (or under torchrun).
+
+\b
 Examples:
     python train.py --outdir=runs --data=data/cifar10.zip --cfg=cifar --aug=ada --metrics=none
     python train.py --outdir=runs --data=tiny.zip --cfg=tiny --kimg=2 --metrics=none   # CPU, minutes
@@ -461,8 +463,10 @@ def build_cli():
         click.Option(['--mirror'], help='Enable dataset x-flips [default: false]', type=bool, default=False, metavar='BOOL'),
         click.Option(['--subset'], help='Train with only N images [default: all]', type=int, metavar='INT'),
         click.Option(['--labels', '--fname', 'labels'], help='Label file inside the dataset [default: dataset.json]', metavar='FILE'),
-        click.Option(['--aug'], help='Augmentation family [default: ada]', default='ada', metavar='NAME'),
-        click.Option(['--method'], help='Comma-separated method plugins', default='', metavar='LIST'),
+        click.Option(['--aug'], help=f'Augmentation family: {"|".join(plugin_registry.names("aug"))} [default: ada]',
+                     default='ada', metavar='NAME'),
+        click.Option(['--method'], help=f'Comma-separated methods: {",".join(plugin_registry.names("method"))}',
+                     default='', metavar='LIST'),
         click.Option(['--p'], help='Augmentation probability for --aug=fixed', type=float),
         click.Option(['--target'], help='ADA / APA target value [default: 0.6]', type=float),
         click.Option(['--augpipe'], help='Augmentation pipeline [default: bgc]', metavar='NAME'),
