@@ -344,10 +344,13 @@ def training_loop(
     if full_resume:
         cur_nimg, cur_tick, batch_idx = int(resume_state['cur_nimg']), int(resume_state['cur_tick']), start_batch_idx
         for opt_name, opt in [('G_opt', phases[0].opt), ('D_opt', phases[-1].opt)]:
+            configured = [{k: v for k, v in group.items() if k != 'params'} for group in opt.param_groups]
             try:
                 opt.load_state_dict(resume_state[opt_name])
             except (ValueError, KeyError) as e:
                 log(f'Resume: {opt_name} state not restored ({e}); starting it fresh')
+            for group, hyper in zip(opt.param_groups, configured):   # moments resume; lr / betas follow this run's config
+                group.update(hyper)
         plugins.load_state(resume_state.get('plugins', {}))
         log(f'Resume: continuing at kimg {cur_nimg / 1000:.3f}, tick {cur_tick}, iteration {batch_idx}')
 
