@@ -128,11 +128,6 @@ def _looks_like_safetensors(head):
     return 2 <= n < (1 << 31) and head[8:9] == b'{'
 
 def _unpickle(f, name):
-    # Import every plugin module first, so that persistent classes a plugin put into G / D
-    # (e.g. the transfer plugin's embedding) resolve to the live, importable module rather than
-    # an anonymous copy of its source, which the safe format could not name.
-    import plugins
-    plugins.registry()
     try:
         return pickle.load(f)
     except ModuleNotFoundError as e:
@@ -459,6 +454,12 @@ def convert_network(source, dest, force_fp16):
     python legacy.py --source=network-snapshot-000200.pkl --dest=model
     python legacy.py --source=upstream-ffhq.pkl --dest=ffhq-ours.pkl
     """
+    # Import every plugin module first, so that persistent classes a plugin put into G / D (the
+    # transfer plugin's embedding) resolve to the live, importable module rather than an anonymous
+    # copy of its source, which the safe format could not name. Plain loading (generate.py,
+    # calc_metrics.py) needs no plugin code.
+    import plugins
+    plugins.registry()
     data = load_network(source, force_fp16=force_fp16)
     if dest.endswith('.pkl'):
         data = {key: data[key] for key in NETWORK_KEYS + ('training_set_kwargs',)}
