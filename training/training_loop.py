@@ -256,22 +256,14 @@ def training_loop(
     progress_fn             = None,     # Called once per tick: progress_fn(cur_nimg, total_nimg).
     options                 = None,     # The resolved training config, stored in snapshots.
 ):
-    """Train until total_kimg; returns an EasyDict (G, D, G_ema, plugins, cur_nimg, batch_idx, cur_tick)."""
-    # ---- Devices, seeds, backend flags --------------------------------------------------------
+    """Train until total_kimg; returns an EasyDict (G, D, G_ema, plugins, loss, phases, cur_nimg, batch_idx, cur_tick)."""
     start_time = time.time()
-    if device is None:
-        device = torch.device('cuda', rank if local_rank is None else local_rank) if torch.cuda.is_available() else torch.device('cpu')
-    device = torch.device(device)
-    np.random.seed(random_seed * num_gpus + rank)
-    torch.manual_seed(random_seed * num_gpus + rank)
-    random.seed(random_seed * num_gpus + rank)
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
+    device = setup_device_and_seeds(device, rank, local_rank, num_gpus, random_seed, cudnn_benchmark, allow_tf32)
     assert batch_size % (batch_gpu * num_gpus) == 0, 'batch_size must be a multiple of batch_gpu * num_gpus'
+    batch_per_rank = batch_size // num_gpus
     log = print if rank == 0 else (lambda *args, **kwargs: None)
 
-    # ---- Resume data ------------------------------------------------------------------------
+    # ---- Resume data, training set, networks ---------------------------------------------------
     resume_data = None
     if resume_pkl is not None:
         log(f'Resuming from "{resume_pkl}"')
@@ -279,33 +271,20 @@ def training_loop(
     resume_state = resume_data.get('resume_state') if resume_data is not None else None
     full_resume = resume_state is not None
 
-    # ---- Data ---------------------------------------------------------------------------------
     log('Loading training set...')
     training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
-    batch_per_rank = batch_size // num_gpus
     log(f'Num images: {len(training_set)}, image shape: {training_set.image_shape}, label shape: {training_set.label_shape}')
 
-    # ---- Networks -----------------------------------------------------------------------------
     log('Constructing networks...')
-    common_kwargs = dict(c_dim=training_set.label_dim, img_resolution=training_set.resolution, img_channels=training_set.num_channels)
-    D_kwargs = copy.deepcopy(dict(D_kwargs))
-    if freezed:
-        D_kwargs.setdefault('block_kwargs', {})['freeze_layers'] = int(freezed)
-    G = dnnlib.util.construct_class_by_name(**G_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
-    D = dnnlib.util.construct_class_by_name(**D_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
-    G_ema = copy.deepcopy(G).eval()
-    if resume_data is not None:
-        for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
-            skipped = copy_matching_params(resume_data[name], module)
-            if skipped and not full_resume:
-                log(f'Resume: {len(skipped)} tensors of {name} not in the pickle or shaped differently, left at init: '
-                    + ', '.join(skipped[:8]) + (' ...' if len(skipped) > 8 else ''))
+    G, D, G_ema = construct_networks(training_set, G_kwargs, D_kwargs, freezed, device)
+    if resume_data is not None:   # weights first; a plugin's setup may need them (transfer)
+        copy_resume_weights(resume_data, G, D, G_ema, log=None if full_resume else log)
 
-    # ---- Plugins ------------------------------------------------------------------------------
+    # ---- Plugins --------------------------------------------------------------------------------
     import plugins as plugin_registry
     registry = plugin_registry.registry()
-    opts = dnnlib.EasyDict(plugin_opts)
-    plugins = plugin_registry.PluginSet([registry[name] for name in plugin_names], opts, device, rank=rank, num_gpus=num_gpus)
+    plugins = plugin_registry.PluginSet([registry[name] for name in plugin_names], dnnlib.EasyDict(plugin_opts),
+                                        device, rank=rank, num_gpus=num_gpus)
     G.requires_grad_(True); D.requires_grad_(True)   # plugins may switch parameters off in setup
     setup_ctx = dnnlib.EasyDict(training_set=training_set, batch_size=batch_size, batch_gpu=batch_gpu,
         num_gpus=num_gpus, rank=rank, device=device, run_dir=run_dir, resume_data=resume_data,
@@ -316,83 +295,37 @@ def training_loop(
         full_resume, resume_state = False, None
     if resume_data is not None and not full_resume:
         ema_rampup = None   # transfer from weights only: the new run starts with a full-length EMA
-    if full_resume:   # after setup, so modules a plugin added are filled from the snapshot too
-        for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
-            copy_matching_params(resume_data[name], module)
+    if full_resume:   # again after setup, so modules a plugin added are filled from the snapshot too
+        copy_resume_weights(resume_data, G, D, G_ema)
     augment_pipe = plugins.augment_pipe
     if resume_data is not None and augment_pipe is not None and resume_data.get('augment_pipe') is not None:
         copy_matching_params(resume_data['augment_pipe'], augment_pipe)
 
-    # ---- Data loader: a full resume continues the stream of real images where it stopped ---
-    start_batch_idx = int(resume_state['batch_idx']) if full_resume else 0
-    sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed)
-    sampler = _SkippingSampler(sampler, skip=start_batch_idx * batch_per_rank)
-    if start_batch_idx > 0:   # ~2 us per index: seconds even for long runs
-        log(f'Resume: fast-forwarding the image stream by {start_batch_idx * batch_per_rank} images per process')
-    loader_kwargs = dict(data_loader_kwargs)
-    if loader_kwargs.get('num_workers', 0) == 0:
-        loader_kwargs.pop('prefetch_factor', None)
-    if device.type != 'cuda':
-        loader_kwargs.pop('pin_memory', None)
-    training_set_iterator = iter(torch.utils.data.DataLoader(dataset=training_set, sampler=sampler,
-                                                             batch_size=batch_per_rank, **loader_kwargs))
-
-    # ---- Optimizers, loss ---------------------------------------------------------------------
+    # ---- Optimizers, loss, counters -------------------------------------------------------------
     phases = make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
     G.requires_grad_(False); D.requires_grad_(False)
     loss = dnnlib.util.construct_class_by_name(device=device, G=G, D=D, plugins=plugins, **loss_kwargs)
-
     cur_nimg, cur_tick, batch_idx = 0, 0, 0
     if full_resume:
-        cur_nimg, cur_tick, batch_idx = int(resume_state['cur_nimg']), int(resume_state['cur_tick']), start_batch_idx
-        for opt_name, opt in [('G_opt', phases[0].opt), ('D_opt', phases[-1].opt)]:
-            configured = [{k: v for k, v in group.items() if k != 'params'} for group in opt.param_groups]
-            try:
-                opt.load_state_dict(resume_state[opt_name])
-            except (ValueError, KeyError) as e:
-                log(f'Resume: {opt_name} state not restored ({e}); starting it fresh')
-            for group, hyper in zip(opt.param_groups, configured):   # moments resume; lr / betas follow this run's config
-                group.update(hyper)
-        plugins.load_state(resume_state.get('plugins', {}))
-        log(f'Resume: continuing at kimg {cur_nimg / 1000:.3f}, tick {cur_tick}, iteration {batch_idx}')
-
+        cur_nimg, cur_tick, batch_idx = restore_training_state(resume_state, phases, plugins, log)
     if num_gpus > 1:
         for module in [G, D, G_ema] + ([augment_pipe] if augment_pipe is not None else []):
             broadcast_module(module)
+    training_set_iterator = make_data_iterator(training_set, data_loader_kwargs, batch_per_rank, rank, num_gpus,
+                                               random_seed, device, skip=batch_idx * batch_per_rank, log=log)
 
     # ---- Outputs ------------------------------------------------------------------------------
-    grid_size = grid_z = grid_c = None
+    grid = None
     if rank == 0:
         log('Exporting sample images...')
-        grid_size, images, labels = setup_snapshot_image_grid(training_set, random_seed, image_grid_max)
-        save_image_grid(images, os.path.join(run_dir, 'reals.png'), drange=[0, 255], grid_size=grid_size)
-        grid_z = torch.randn([labels.shape[0], G.z_dim], generator=torch.Generator().manual_seed(random_seed)).to(device)
-        grid_c = torch.from_numpy(labels).to(device)
-        if not full_resume:
-            save_image_grid(generate_grid(G_ema, grid_z, grid_c, batch_gpu), os.path.join(run_dir, 'fakes_init.png'),
-                            drange=[-1, 1], grid_size=grid_size)
-
+        grid = export_reals_and_init_fakes(training_set, G, G_ema, run_dir, random_seed, image_grid_max, batch_gpu,
+                                           device, write_init=not full_resume)
     log('Initializing logs...')
     stats_collector = training_stats.Collector(regex='.*')
     stats_metrics = dict()
-    stats_jsonl = None
-    stats_tfevents = None
-    if rank == 0:
-        stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
-        try:
-            import torch.utils.tensorboard as tensorboard
-            stats_tfevents = tensorboard.SummaryWriter(run_dir)
-        except ImportError as err:
-            log(f'Skipping tfevents export: {err}')
-
-    if full_resume:   # the RNG streams continue where the snapshot left them
-        rank_states = resume_state.get('rank_states')
-        if rank_states is not None and len(rank_states) == num_gpus:
-            set_rng_state(rank_states[rank]['rng'])
-            loss.load_state_dict(rank_states[rank].get('loss'))
-        elif rank == 0 and 'rng' in resume_state:   # saved by a different number of processes
-            set_rng_state(resume_state['rng'])
-            loss.load_state_dict(resume_state.get('loss'))
+    writer = StatsWriter(run_dir, start_time, log) if rank == 0 else None
+    if full_resume:   # last, so nothing above shifts the RNG streams the snapshot continues
+        restore_rng_and_loss(resume_state, loss, rank, num_gpus)
 
     # ---- Train --------------------------------------------------------------------------------
     total_nimg = int(total_kimg * 1000)
@@ -410,15 +343,8 @@ def training_loop(
         state.update(cur_nimg=cur_nimg, batch_idx=batch_idx, cur_tick=cur_tick)
         plugins.on_iteration_start(state)
 
-        # Inputs of this iteration: reals, latents, labels of uniformly drawn training images.
-        real_img, real_c = next(training_set_iterator)
-        real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(batch_gpu)
-        real_c = real_c.to(device).split(batch_gpu)
-        all_gen_z = torch.randn([len(phases), batch_per_rank, G.z_dim], device=device)
-        all_gen_c = [training_set.get_label(np.random.randint(len(training_set))) for _ in range(len(phases) * batch_per_rank)]
-        all_gen_c = torch.from_numpy(np.stack(all_gen_c)).pin_memory() if device.type == 'cuda' else torch.from_numpy(np.stack(all_gen_c))
-        all_gen_c = all_gen_c.to(device).reshape(len(phases), batch_per_rank, -1)
-
+        real_img, real_c, all_gen_z, all_gen_c = fetch_inputs(training_set_iterator, training_set, len(phases),
+                                                               batch_per_rank, batch_gpu, G.z_dim, device)
         for phase, gen_z, gen_c in zip(phases, all_gen_z, all_gen_c):
             if batch_idx % phase.interval != 0:
                 continue
@@ -433,25 +359,22 @@ def training_loop(
         state.update(cur_nimg=cur_nimg, batch_idx=batch_idx, cur_tick=cur_tick)
         plugins.end_of_iteration(state, stats_collector)
 
-        # ---- Tick ---------------------------------------------------------------------------
+        # ---- Tick: status line, images, snapshot, metrics, logs ------------------------------
         done = cur_nimg >= total_nimg
         if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + kimg_per_tick * 1000:
             continue
         rng_state = get_rng_state()     # maintenance below must not disturb the training RNG streams
         tick_end_time = time.time()
-        fields = tick_report(cur_tick, cur_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time,
-                             maintenance_time, device, plugins, augment_pipe)
-        log(' '.join(fields))
-
+        log(' '.join(tick_report(cur_tick, cur_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time,
+                                 maintenance_time, device, plugins, augment_pipe)))
         if abort_fn is not None and abort_fn():
             done = True
             log()
             log('Aborting...')
 
         if rank == 0 and image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0):
-            images = generate_grid(G_ema, grid_z, grid_c, batch_gpu)
-            save_image_grid(images, os.path.join(run_dir, f'fakes{cur_nimg // 1000:06d}.png'), drange=[-1, 1], grid_size=grid_size)
-
+            save_image_grid(generate_grid(G_ema, grid.z, grid.c, batch_gpu), os.path.join(run_dir, f'fakes{cur_nimg // 1000:06d}.png'),
+                            drange=[-1, 1], grid_size=grid.size)
         if network_snapshot_ticks is not None and (done or cur_tick % network_snapshot_ticks == 0):
             snapshot_pkl, snapshot_data = save_snapshot(run_dir, G, D, G_ema, augment_pipe, training_set_kwargs, phases, plugins,
                 loss, cur_nimg, cur_tick, batch_idx, rng_state, options, num_gpus, rank, snapshot_keep)
@@ -461,19 +384,8 @@ def training_loop(
             del snapshot_data
 
         stats_collector.update()
-        stats_dict = stats_collector.as_dict()
-        timestamp = time.time()
-        if stats_jsonl is not None:
-            stats_jsonl.write(json.dumps(dict(stats_dict, timestamp=timestamp)) + '\n')
-            stats_jsonl.flush()
-        if stats_tfevents is not None:
-            global_step = int(cur_nimg / 1e3)
-            walltime = timestamp - start_time
-            for name, value in stats_dict.items():
-                stats_tfevents.add_scalar(name, value.mean, global_step=global_step, walltime=walltime)
-            for name, value in stats_metrics.items():
-                stats_tfevents.add_scalar(f'Metrics/{name}', value, global_step=global_step, walltime=walltime)
-            stats_tfevents.flush()
+        if writer is not None:
+            writer.write(stats_collector.as_dict(), stats_metrics, cur_nimg)
         if progress_fn is not None:
             progress_fn(cur_nimg, total_nimg)
 
@@ -483,17 +395,146 @@ def training_loop(
         tick_start_time = time.time()
         maintenance_time = tick_start_time - tick_end_time
 
-    if stats_jsonl is not None:
-        stats_jsonl.close()
-    if stats_tfevents is not None:
-        stats_tfevents.close()
+    if writer is not None:
+        writer.close()
     log()
     log('Exiting...')
     return dnnlib.EasyDict(G=G, D=D, G_ema=G_ema, plugins=plugins, loss=loss, phases=phases,
                            cur_nimg=cur_nimg, batch_idx=batch_idx, cur_tick=cur_tick)
 
 #----------------------------------------------------------------------------
+# Setting up (each step of training_loop's preamble).
+
+def setup_device_and_seeds(device, rank, local_rank, num_gpus, random_seed, cudnn_benchmark, allow_tf32):
+    """The process's device (CUDA when available unless forced) and its seeds: seed * num_gpus + rank."""
+    if device is None:
+        device = torch.device('cuda', rank if local_rank is None else local_rank) if torch.cuda.is_available() else torch.device('cpu')
+    device = torch.device(device)
+    np.random.seed(random_seed * num_gpus + rank)
+    torch.manual_seed(random_seed * num_gpus + rank)
+    random.seed(random_seed * num_gpus + rank)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    return device
+
+def construct_networks(training_set, G_kwargs, D_kwargs, freezed, device):
+    """G, D (training mode, no grads yet) and G_ema (a copy of G) sized for the training set."""
+    common_kwargs = dict(c_dim=training_set.label_dim, img_resolution=training_set.resolution, img_channels=training_set.num_channels)
+    D_kwargs = copy.deepcopy(dict(D_kwargs))
+    if freezed:   # Freeze-D: the networks turn the first `freezed` D layers into buffers
+        D_kwargs.setdefault('block_kwargs', {})['freeze_layers'] = int(freezed)
+    G = dnnlib.util.construct_class_by_name(**G_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
+    D = dnnlib.util.construct_class_by_name(**D_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
+    G_ema = copy.deepcopy(G).eval()
+    return G, D, G_ema
+
+def copy_resume_weights(resume_data, G, D, G_ema, log=None):
+    """Copy G, D, G_ema from the pickle by name and shape; with `log`, report what was left at init."""
+    for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
+        if resume_data.get(name) is None:
+            continue
+        skipped = copy_matching_params(resume_data[name], module)
+        if skipped and log is not None:
+            log(f'Resume: {len(skipped)} tensors of {name} not in the pickle or shaped differently, left at init: '
+                + ', '.join(skipped[:8]) + (' ...' if len(skipped) > 8 else ''))
+
+def restore_training_state(resume_state, phases, plugins, log):
+    """Optimizer moments and plugin states from a full snapshot; returns (cur_nimg, cur_tick, batch_idx)."""
+    for opt_name, opt in [('G_opt', phases[0].opt), ('D_opt', phases[-1].opt)]:
+        configured = [{k: v for k, v in group.items() if k != 'params'} for group in opt.param_groups]
+        try:
+            opt.load_state_dict(resume_state[opt_name])
+        except (ValueError, KeyError) as e:
+            log(f'Resume: {opt_name} state not restored ({e}); starting it fresh')
+        for group, hyper in zip(opt.param_groups, configured):   # moments resume; lr / betas follow this run's config
+            group.update(hyper)
+    plugins.load_state(resume_state.get('plugins', {}))
+    cur_nimg, cur_tick, batch_idx = int(resume_state['cur_nimg']), int(resume_state['cur_tick']), int(resume_state['batch_idx'])
+    log(f'Resume: continuing at kimg {cur_nimg / 1000:.3f}, tick {cur_tick}, iteration {batch_idx}')
+    return cur_nimg, cur_tick, batch_idx
+
+def restore_rng_and_loss(resume_state, loss, rank, num_gpus):
+    """This rank's RNG streams and path-length mean as the snapshot left them."""
+    rank_states = resume_state.get('rank_states')
+    if rank_states is not None and len(rank_states) == num_gpus:
+        set_rng_state(rank_states[rank]['rng'])
+        loss.load_state_dict(rank_states[rank].get('loss'))
+    elif rank == 0 and 'rng' in resume_state:   # saved by a different number of processes
+        set_rng_state(resume_state['rng'])
+        loss.load_state_dict(resume_state.get('loss'))
+
+def make_data_iterator(training_set, data_loader_kwargs, batch_per_rank, rank, num_gpus, random_seed, device, skip, log):
+    """Endless iterator of (uint8 images [N, C, H, W], labels [N, c_dim]) for this rank.
+    `skip` images are dropped first, so a resumed run reads the stream an uninterrupted run would."""
+    sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed)
+    sampler = _SkippingSampler(sampler, skip=skip)
+    if skip > 0:   # ~2 us per index: seconds even for long runs
+        log(f'Resume: fast-forwarding the image stream by {skip} images per process')
+    loader_kwargs = dict(data_loader_kwargs)
+    if loader_kwargs.get('num_workers', 0) == 0:
+        loader_kwargs.pop('prefetch_factor', None)
+    if device.type != 'cuda':
+        loader_kwargs.pop('pin_memory', None)
+    return iter(torch.utils.data.DataLoader(dataset=training_set, sampler=sampler, batch_size=batch_per_rank, **loader_kwargs))
+
+def export_reals_and_init_fakes(training_set, G, G_ema, run_dir, random_seed, image_grid_max, batch_gpu, device, write_init):
+    """reals.png (and fakes_init.png); returns the grid (size, z, c) used for every fakes*.png."""
+    grid_size, images, labels = setup_snapshot_image_grid(training_set, random_seed, image_grid_max)
+    save_image_grid(images, os.path.join(run_dir, 'reals.png'), drange=[0, 255], grid_size=grid_size)
+    grid = dnnlib.EasyDict(size=grid_size, c=torch.from_numpy(labels).to(device),
+                           z=torch.randn([labels.shape[0], G.z_dim], generator=torch.Generator().manual_seed(random_seed)).to(device))
+    if write_init:
+        save_image_grid(generate_grid(G_ema, grid.z, grid.c, batch_gpu), os.path.join(run_dir, 'fakes_init.png'),
+                        drange=[-1, 1], grid_size=grid.size)
+    return grid
+
+class StatsWriter:
+    """stats.jsonl (one line per tick) and TensorBoard events (when tensorboard is installed)."""
+    def __init__(self, run_dir, start_time, log):
+        self.start_time = start_time
+        self.jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
+        self.tfevents = None
+        try:
+            import torch.utils.tensorboard as tensorboard
+            self.tfevents = tensorboard.SummaryWriter(run_dir)
+        except ImportError as err:
+            log(f'Skipping tfevents export: {err}')
+
+    def write(self, stats_dict, metrics_dict, cur_nimg):
+        timestamp = time.time()
+        self.jsonl.write(json.dumps(dict(stats_dict, timestamp=timestamp)) + '\n')
+        self.jsonl.flush()
+        if self.tfevents is not None:
+            global_step = int(cur_nimg / 1e3)
+            walltime = timestamp - self.start_time
+            for name, value in stats_dict.items():
+                self.tfevents.add_scalar(name, value.mean, global_step=global_step, walltime=walltime)
+            for name, value in metrics_dict.items():
+                self.tfevents.add_scalar(f'Metrics/{name}', value, global_step=global_step, walltime=walltime)
+            self.tfevents.flush()
+
+    def close(self):
+        self.jsonl.close()
+        if self.tfevents is not None:
+            self.tfevents.close()
+
+#----------------------------------------------------------------------------
 # The pieces of one iteration and one tick.
+
+def fetch_inputs(training_set_iterator, training_set, num_phases, batch_per_rank, batch_gpu, z_dim, device):
+    """Reals in [-1, 1] and their labels split into rounds of batch_gpu; per phase, latents z and
+    labels c of uniformly drawn training images (the empirical class frequencies)."""
+    real_img, real_c = next(training_set_iterator)
+    real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(batch_gpu)
+    real_c = real_c.to(device).split(batch_gpu)
+    all_gen_z = torch.randn([num_phases, batch_per_rank, z_dim], device=device)
+    all_gen_c = [training_set.get_label(np.random.randint(len(training_set))) for _ in range(num_phases * batch_per_rank)]
+    all_gen_c = torch.from_numpy(np.stack(all_gen_c))
+    if device.type == 'cuda':
+        all_gen_c = all_gen_c.pin_memory()
+    all_gen_c = all_gen_c.to(device).reshape(num_phases, batch_per_rank, -1)
+    return real_img, real_c, all_gen_z, all_gen_c
 
 def run_phase(phase, loss, plugins, real_img, real_c, gen_z, gen_c, cur_nimg, num_gpus, device, sync_timing):
     """One optimizer step of one phase, accumulated over the per-GPU rounds."""
