@@ -330,30 +330,16 @@ def plugin_click_options():
         params.append(param)
     return params
 
-def main(**kw):
-    """Validate everything, write the config, and train."""
-    kw = dnnlib.EasyDict(kw)
-    plugin_keys = set(plugin_registry.default_opts())
-    if under_torchrun():   # the world size comes from torchrun
-        kw.gpus = int(os.environ['WORLD_SIZE'])
-    elif kw.gpus < 1 or kw.gpus & (kw.gpus - 1) != 0:
-        raise click.UsageError(f'--gpus={kw.gpus} must be a power of two (1, 2, 4, 8, ...)')
-    if torch.cuda.is_available() and kw.gpus > torch.cuda.device_count() and not under_torchrun():
-        raise click.UsageError(f'--gpus={kw.gpus} but only {torch.cuda.device_count()} CUDA devices are visible')
-
-    training_set_kwargs, dataset_name, num_images = load_training_set(kw.data, kw.labels, kw.cond, kw.mirror, kw.subset, kw.seed)
-    c = make_config(kw.gpus, kw.batch, kw.cfg, kw.gamma, kw.kimg, kw.snap, kw.tick, training_set_kwargs.resolution, kw.seed)
-    c.training_set_kwargs = training_set_kwargs
-    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=kw.workers, prefetch_factor=2)
-
-    # Methods: validate the combination, then let each active plugin edit the config.
+def configure_methods(kw, c):
+    """Validate --aug / --method and their options, then let each active plugin edit c.
+    Returns (active plugin classes, opts)."""
     methods = parse_comma_list(kw.method)
-    opts = dnnlib.EasyDict({k: kw[k] for k in plugin_keys if k in kw})
+    opts = dnnlib.EasyDict({k: kw[k] for k in plugin_registry.default_opts() if k in kw})
     opts.update(aug=kw.aug, methods=methods, p=kw.p, target=kw.target, augpipe=kw.augpipe,
                 ada_kimg=100 if kw.resume not in (None, 'noresume') else 500,
                 batch_size=c.batch_size, batch_gpu=c.batch_gpu, total_kimg=c.total_kimg)
     try:
-        active = plugin_registry.resolve(kw.aug, methods, opts)
+        active = plugin_registry.resolve(kw.aug, methods, opts)   # validates with the options as given
     except ValueError as err:
         raise click.UsageError(str(err))
     if opts.target is None:
@@ -367,8 +353,10 @@ def main(**kw):
             raise click.UsageError(f'{cls.name}: {err}')
     c.plugin_names = [cls.name for cls in active]
     c.plugin_opts = dict(opts)
+    return active, opts
 
-    # Metrics.
+def configure_metrics(kw, c):
+    """--metrics (validated names), --detector and --metricdata."""
     c.metrics = parse_comma_list(kw.metrics)
     if c.metrics:
         try:
@@ -383,10 +371,10 @@ def main(**kw):
     if kw.metricdata is not None:
         if not os.path.exists(kw.metricdata):
             raise click.UsageError(f'--metricdata={kw.metricdata}: no such file or directory')
-        c.metric_set_kwargs = dnnlib.EasyDict(training_set_kwargs, path=kw.metricdata, max_size=None, xflip=False)
+        c.metric_set_kwargs = dnnlib.EasyDict(c.training_set_kwargs, path=kw.metricdata, max_size=None, xflip=False)
         c.metric_set_kwargs.pop('random_seed', None)
 
-    # Performance and resume.
+def configure_performance(kw, c):
     if kw.fp32:
         c.G_kwargs.synthesis_kwargs.num_fp16_res = c.D_kwargs.num_fp16_res = 0
         c.G_kwargs.synthesis_kwargs.conv_clamp = c.D_kwargs.conv_clamp = None
@@ -394,14 +382,9 @@ def main(**kw):
         c.G_kwargs.synthesis_kwargs.fp16_channels_last = c.D_kwargs.block_kwargs.fp16_channels_last = True
     c.cudnn_benchmark = not kw.nobench
     c.allow_tf32 = bool(kw.allow_tf32)
-    c.freezed = kw.freezed
-    if kw.freezed < 0:
-        raise click.UsageError('--freezed must be 0 or more')
-    c.snapshot_keep = kw.snapshot_keep
-    c.resume_pkl = resolve_resume(kw.resume, kw.outdir)
-    # (training_loop turns the EMA ramp off for weights-only transfer resumes and keeps it for full resumes.)
 
-    # Description and run directory.
+def run_description(kw, dataset_name, active, opts):
+    """The `desc` part of the run directory name, e.g. 'cifar10-cond-mirror-cifar-ada-regan-s0.3'."""
     desc = f'{dataset_name}'
     if kw.cond:
         desc += '-cond'
@@ -422,7 +405,32 @@ def main(**kw):
         desc += '-resume' + (kw.resume if kw.resume in RESUME_SPECS or kw.resume == 'latest' else 'custom')
     if kw.freezed:
         desc += f'-freezed{kw.freezed}'
-    c.run_dir = next_run_dir(kw.outdir, desc)
+    return desc
+
+def main(**kw):
+    """Validate everything, build the config, create the run directory and train."""
+    kw = dnnlib.EasyDict(kw)
+    if under_torchrun():   # the world size comes from torchrun
+        kw.gpus = int(os.environ['WORLD_SIZE'])
+    elif kw.gpus < 1 or kw.gpus & (kw.gpus - 1) != 0:
+        raise click.UsageError(f'--gpus={kw.gpus} must be a power of two (1, 2, 4, 8, ...)')
+    if torch.cuda.is_available() and kw.gpus > torch.cuda.device_count() and not under_torchrun():
+        raise click.UsageError(f'--gpus={kw.gpus} but only {torch.cuda.device_count()} CUDA devices are visible')
+    if kw.freezed < 0:
+        raise click.UsageError('--freezed must be 0 or more')
+
+    training_set_kwargs, dataset_name, num_images = load_training_set(kw.data, kw.labels, kw.cond, kw.mirror, kw.subset, kw.seed)
+    c = make_config(kw.gpus, kw.batch, kw.cfg, kw.gamma, kw.kimg, kw.snap, kw.tick, training_set_kwargs.resolution, kw.seed)
+    c.training_set_kwargs = training_set_kwargs
+    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=kw.workers, prefetch_factor=2)
+    active, opts = configure_methods(kw, c)
+    configure_metrics(kw, c)
+    configure_performance(kw, c)
+    c.freezed = kw.freezed
+    c.snapshot_keep = kw.snapshot_keep
+    # training_loop turns the EMA ramp off for weights-only (transfer) resumes and keeps it for full ones.
+    c.resume_pkl = resolve_resume(kw.resume, kw.outdir)
+    c.run_dir = next_run_dir(kw.outdir, run_description(kw, dataset_name, active, opts))
 
     say = print if not under_torchrun() or int(os.environ['RANK']) == 0 else (lambda *args: None)
     say()
@@ -439,7 +447,6 @@ def main(**kw):
     if kw.dry_run:
         say('Dry run; exiting.')
         return c
-
     return run_training(c)
 
 def build_cli():
