@@ -154,13 +154,14 @@ class StyleGAN2Loss:
         return (img[:, 0, 0, 0] * 0 + loss_Gpl).mean()
 
     def _D_fake(self, ctx, synthesis_kwargs, weight):
-        """softplus(D(A(G(z, c)), c)) averaged over the batch."""
+        """softplus(D(A(G(z, c)), c)): returns (per-sample loss [N, 1], weighted batch mean)."""
         img, ws, extra = self.run_G(ctx.gen_z, ctx.gen_c, **synthesis_kwargs)
         logits, features, img_aug = self._run_D_full(img, ctx.gen_c, False, ctx.phase)
         ctx.update(gen_img=img, gen_ws=ws, gen_extra=extra, gen_img_aug=img_aug, gen_features=features, gen_logits=logits)
         training_stats.report('Loss/scores/fake', logits)
         training_stats.report('Loss/signs/fake', logits.sign())
-        return F.softplus(logits), F.softplus(logits).mean() * weight
+        loss_Dgen = F.softplus(logits)
+        return loss_Dgen, loss_Dgen.mean() * weight
 
     def _D_real(self, ctx, real_img, do_main, do_r1, weight, loss_Dgen):
         """Real branch: softplus(-D(A(x), c)) and/or R1 = gamma/2 * |dD(A(x))/dx|^2 w.r.t. the un-augmented x."""
