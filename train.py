@@ -9,7 +9,6 @@ Examples:
     python train.py --outdir=runs --data=tiny.zip --cfg=tiny --kimg=2 --metrics=none   # CPU, minutes
 """
 
-import copy
 import datetime
 import glob
 import json

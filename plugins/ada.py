@@ -2,8 +2,6 @@
 'ada' (adaptive p), 'fixed' (constant p) and 'noaug' (no augmentation).
 """
 
-import torch
-
 from plugins import AdaptiveP, Plugin, register
 from torch_utils import training_stats
 

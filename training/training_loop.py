@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 import random
-import re
 import time
 
 import numpy as np
