@@ -226,8 +226,6 @@ def test_training_loop_transfer_and_generate_without_plugin(tmp_path):
     assert out.stdout.strip().splitlines()[-1].split() == ['CombinedEmbedding', '(2,', '3,', '16,', '16)', 'True']
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason='needs training_loop to honour ctx.full_resume=False set by the transfer plugin in setup '
-                          '(a full snapshot of another run must resume weights-only)', strict=False)
 def test_training_loop_transfer_from_a_full_snapshot(tmp_path):
     from plugin_train_util import make_dataset, tiny_config, train
     old_snap = _pretrained(tmp_path, weights_only=False)
