@@ -367,11 +367,19 @@ def configure_metrics(kw, c):
             raise click.UsageError(f'unknown --metrics {", ".join(bad)}; choose from: {", ".join(metric_main.list_valid_metrics())}')
     c.detector = kw.detector
     c.metric_set_kwargs = None
-    if kw.metricdata is not None:
-        if not os.path.exists(kw.metricdata):
-            raise click.UsageError(f'--metricdata={kw.metricdata}: no such file or directory')
-        c.metric_set_kwargs = dnnlib.EasyDict(c.training_set_kwargs, path=kw.metricdata, max_size=None, xflip=False)
+    if kw.metricdata is not None or kw.metric_labels is not None:
+        path = kw.metricdata if kw.metricdata is not None else c.training_set_kwargs.path
+        if not os.path.exists(path):
+            raise click.UsageError(f'--metricdata={path}: no such file or directory')
+        c.metric_set_kwargs = dnnlib.EasyDict(c.training_set_kwargs, path=path, max_size=None, xflip=False)
         c.metric_set_kwargs.pop('random_seed', None)
+        if kw.metric_labels is not None:
+            # e.g. lt_100_full.json: the balanced set with the long-tail run's class indices.
+            c.metric_set_kwargs.label_file = None if kw.metric_labels == 'dataset.json' else kw.metric_labels
+        try:
+            dnnlib.util.construct_class_by_name(**c.metric_set_kwargs)
+        except (IOError, OSError, ValueError, KeyError) as err:
+            raise click.UsageError(f'--metricdata={path}: cannot read the metric dataset: {err}')
 
 def configure_performance(kw, c):
     if kw.fp32:
@@ -462,6 +470,8 @@ def build_cli():
         click.Option(['--snapshot-keep', 'snapshot_keep'], help='Keep only the newest K network snapshots', type=int, metavar='K'),
         click.Option(['--metrics'], help='Comma-separated metrics or "none" [default: fid50k_full]', default='fid50k_full'),
         click.Option(['--metricdata'], help='Dataset the metrics compare against [default: --data]', metavar='PATH'),
+        click.Option(['--metric-labels', 'metric_labels'], help='Label file of the metric dataset, e.g. lt_100_full.json '
+                     '(the balanced set with a long-tail run\'s class indices) [default: --labels]', metavar='FILE'),
         click.Option(['--detector'], help='Feature detector path or URL for the metrics', metavar='PATH|URL'),
         click.Option(['--seed'], help='Random seed [default: 0]', type=int, default=0, metavar='INT'),
         click.Option(['--dry-run', 'dry_run'], help='Print training options and exit', is_flag=True),

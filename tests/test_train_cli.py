@@ -65,6 +65,7 @@ def bad_input_cases(tmp_path, data):
         ([f'--data={data}', f'--resume={tmp_path}/nothing.pkl'], 'no such file'),
         ([f'--data={data}', '--resume=latest'], '--resume=latest: no network-snapshot'),
         ([f'--data={data}', '--metrics=fid_magic'], 'unknown --metrics fid_magic'),
+        ([f'--data={data}', '--metric-labels=lt_5_full.json'], "label file 'lt_5_full.json' not found"),
     ]
 
 def test_bad_inputs_give_one_clear_error(tmp_path, data):
@@ -79,6 +80,16 @@ def test_bad_inputs_give_one_clear_error(tmp_path, data):
         assert 'Traceback' not in result.output
         assert result.output.count('Error:') == 1
     assert not outdir.exists()      # nothing was created before the error
+
+def test_metric_labels_select_the_metric_label_file(tmp_path, data):
+    with open(os.path.join(data, 'lt_full.json'), 'w') as f:
+        json.dump({'labels': [[f'00000/img{i:08d}.png', 1 - i % 2] for i in range(12)]}, f)
+    base = [f'--outdir={tmp_path}', f'--data={data}', '--cfg=tiny', '--metrics=none', '--cond=1', '--dry-run']
+    c = train.build_cli().main(base + ['--metric-labels=lt_full.json'], standalone_mode=False)
+    assert c.metric_set_kwargs.label_file == 'lt_full.json' and c.metric_set_kwargs.path == data
+    assert c.training_set_kwargs.get('label_file') is None       # training labels unchanged
+    c = train.build_cli().main(base, standalone_mode=False)
+    assert c.metric_set_kwargs is None                            # metrics use the training set
 
 def test_help_groups_plugin_options():
     result = CliRunner().invoke(train.build_cli(), ['--help'])
