@@ -358,7 +358,9 @@ def output_name(idx):
 class _ZipWriter:
     def __init__(self, dest):
         self.dest = dest
-        self.tmp = os.path.join(os.path.dirname(os.path.abspath(dest)), f'.{os.path.basename(dest)}.tmp{os.getpid()}')
+        parent = os.path.dirname(os.path.abspath(dest))
+        os.makedirs(parent, exist_ok=True)     # --dest=data/new.zip with no data/ yet
+        self.tmp = os.path.join(parent, f'.{os.path.basename(dest)}.tmp{os.getpid()}')
         self._zf = zipfile.ZipFile(self.tmp, 'w', compression=zipfile.ZIP_STORED)
 
     def add(self, name, data):

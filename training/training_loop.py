@@ -364,7 +364,7 @@ def training_loop(
             continue
         rng_state = get_rng_state()     # maintenance below must not disturb the training RNG streams
         tick_end_time = time.time()
-        log(' '.join(tick_report(cur_tick, cur_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time,
+        log(' '.join(tick_report(cur_tick, cur_nimg, total_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time,
                                  maintenance_time, device, plugins, augment_pipe)))
         if abort_fn is not None and abort_fn():
             done = True
@@ -568,7 +568,7 @@ def generate_grid(G_ema, grid_z, grid_c, batch):
         images.append(img.cpu())
     return torch.cat(images).numpy()
 
-def tick_report(cur_tick, cur_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time, maintenance_time,
+def tick_report(cur_tick, cur_nimg, total_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time, maintenance_time,
                 device, plugins, augment_pipe):
     """Report per-tick statistics and return the fields of the status line."""
     tick_kimg = (cur_nimg - tick_start_nimg) / 1000
@@ -596,7 +596,15 @@ def tick_report(cur_tick, cur_nimg, tick_start_nimg, tick_start_time, tick_end_t
     plugins.report_stats()
     if augment_pipe is not None:
         fields.append(f'augment {float(augment_pipe.p):.3f}')
+    fields.append(progress_bar(cur_nimg, total_nimg, sec_per_kimg))
     return fields
+
+def progress_bar(cur_nimg, total_nimg, sec_per_kimg, width=20):
+    """'[#####...............]  25% eta 3m 10s': the run's progress, ETA at the current tick's speed."""
+    frac = min(max(cur_nimg / max(total_nimg, 1), 0.0), 1.0)
+    filled = int(round(frac * width))
+    eta = dnnlib.util.format_time(max(total_nimg - cur_nimg, 0) / 1000 * sec_per_kimg)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}% eta {eta}"
 
 def param_digest(modules):
     """SHA-1 of all parameter bytes: the snapshot records one per rank, so replicas can be compared."""
