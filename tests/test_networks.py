@@ -412,6 +412,46 @@ def test_utlo_discriminator_uc_branch():
     assert torch.equal(base(img, c), D(img, c))
 
 #----------------------------------------------------------------------------
+# channels_last and the fp16 branch, on the CPU.
+
+def test_channels_last_everywhere_matches_contiguous():
+    """channels_last=True (every block NHWC, b4's 3-D const included) computes what NCHW does."""
+    z, c = torch.randn(4, Z), onehot([0, 1, 2, 0])
+    G, G_nhwc = make_G(16, seed=3), make_G(16, seed=3, channels_last=True)
+    img = G(z, c, noise_mode='const')
+    torch.testing.assert_close(G_nhwc(z, c, noise_mode='const'), img, rtol=1e-5, atol=1e-5)
+    D, D_nhwc = make_D(16, seed=4), make_D(16, seed=4, block_kwargs=dict(channels_last=True))
+    torch.testing.assert_close(D_nhwc(img, c), D(img, c), rtol=1e-5, atol=1e-5)
+
+def test_fp16_branch_dtypes_on_cpu(monkeypatch):
+    """The fp16 blocks (normally CUDA only) forced on the CPU: fp16 activations never meet fp32
+    weights, noise or images; G's image, D's logits and every gradient (R1 and path length
+    included) come out float32 and finite, close to the float32 networks."""
+    G32, D32 = make_G(32, seed=3, conv_clamp=256), make_D(32, seed=4, conv_clamp=256)
+    G16 = make_G(32, seed=3, conv_clamp=256, num_fp16_res=2, fp16_channels_last=True).train()
+    D16 = make_D(32, seed=4, conv_clamp=256, num_fp16_res=2, block_kwargs=dict(fp16_channels_last=True))
+    monkeypatch.setattr(networks, '_compute_dtype',
+                        lambda use_fp16, force_fp32, device: torch.float16 if use_fp16 and not force_fp32 else torch.float32)
+    z, c = torch.randn(4, Z), onehot([0, 1, 2, 0])
+    assert G16.synthesis.b32.use_fp16 and D16.b32.use_fp16 and not G16.synthesis.b8.use_fp16
+    ref = G32(z, c, noise_mode='const').detach()
+    for fused_modconv in [False, True]:
+        img = G16(z, c, noise_mode='const', fused_modconv=fused_modconv).detach()
+        assert img.dtype == torch.float32
+        assert float((img - ref).abs().max()) < 0.05 * float(ref.abs().max())
+    ws = G16.mapping(z, c).requires_grad_(True)
+    img = G16.synthesis(ws, noise_mode='random')
+    pl_grad, = torch.autograd.grad((img * torch.randn_like(img)).sum(), ws, create_graph=True)
+    real = ref.detach().requires_grad_(True)
+    logits = D16(real, c)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, D32(real, c), atol=0.05, rtol=0.05)
+    r1_grad, = torch.autograd.grad(logits.sum(), real, create_graph=True)
+    (pl_grad.square().sum() + r1_grad.square().sum() + D16(img, c).sum()).backward()
+    for name, p in list(G16.named_parameters()) + list(D16.named_parameters()):
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+
+#----------------------------------------------------------------------------
 # GPU: fp16 blocks and channels_last (run on the lent GPU; skipped elsewhere).
 
 @pytest.mark.gpu

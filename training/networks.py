@@ -402,8 +402,9 @@ class SynthesisBlock(torch.nn.Module):
             fused_modconv = (not self.training) and (dtype == torch.float32 or int(ws.shape[0]) == 1)
 
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            # const is 3-D: a memory format only applies once the batch axis exists.
+            x = self.const.to(dtype=dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = x.to(memory_format=memory_format)
         else:
             misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
             x = x.to(dtype=dtype, memory_format=memory_format)
