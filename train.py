@@ -21,6 +21,7 @@ import torch
 
 import dnnlib
 import plugins as plugin_registry
+from plugins.ada import DEFAULT_AUGPIPE, DEFAULT_TARGET
 
 #----------------------------------------------------------------------------
 # Presets (methods.md section 0). fmaps scales channel_base = fmaps * 32768.
@@ -44,9 +45,6 @@ RESUME_SPECS = {   # upstream's pretrained networks, by their usual short names
     'celebahq256': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/celebahq-res256-mirror-paper256-kimg100000-ada-target0.5.pkl',
     'lsundog256':  'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/lsundog-res256-paper256-kimg100000-noaug.pkl',
 }
-
-DEFAULT_TARGET = 0.6
-DEFAULT_AUGPIPE = 'bgc'
 
 #----------------------------------------------------------------------------
 # Resolving --resume.

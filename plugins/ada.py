@@ -13,7 +13,7 @@ def _augpipe_names():
     from training.augment import augpipe_specs
     return sorted(augpipe_specs)
 
-def _check_augpipe(opts):
+def check_augpipe(opts):
     name = opts.get('augpipe')
     if name is not None and name not in _augpipe_names():
         raise ValueError(f'unknown --augpipe "{name}"; choose one of: {", ".join(_augpipe_names())}')
@@ -73,7 +73,7 @@ class ADA(_AugmentBase):
         target = opts.get('target')
         if target is not None and not 0 <= target <= 1:
             raise ValueError(f'--target must be between 0 and 1, got {target}')
-        _check_augpipe(opts)
+        check_augpipe(opts)
 
     @classmethod
     def describe(cls, opts):
@@ -133,7 +133,7 @@ class FixedP(_AugmentBase):
             raise ValueError(f'--p must be between 0 and 1, got {p}')
         if opts.get('target') is not None:
             raise ValueError('--target can only be given with --aug=ada (fixed keeps p constant)')
-        _check_augpipe(opts)
+        check_augpipe(opts)
 
     @classmethod
     def describe(cls, opts):

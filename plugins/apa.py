@@ -6,6 +6,7 @@ labelled real (methods.md section 4). No extra G forward: the fakes of the lates
 import torch
 
 from plugins import AdaptiveP, Option, Plugin, register
+from plugins.ada import ADA_INTERVAL, DEFAULT_AUGPIPE, DEFAULT_TARGET, build_augment_pipe, check_augpipe
 from torch_utils import training_stats
 
 REAL_PHASES = ('Dmain', 'Dreg', 'Dboth')    # phases in which D sees the real batch
@@ -51,10 +52,7 @@ class APAPlugin(Plugin):
         if fixed is not None and not 0 <= fixed <= 1:
             raise ValueError(f'--apa-fixed-p must be in [0, 1], got {fixed}')
         if opts.get('with_dataaug'):
-            from training import augment
-            if (opts.get('augpipe') or 'bgc') not in augment.augpipe_specs:
-                raise ValueError(f'--augpipe={opts.get("augpipe")} is unknown; choose one of: '
-                                 f'{", ".join(sorted(augment.augpipe_specs))}')
+            check_augpipe(opts)
 
     @classmethod
     def describe(cls, opts):
@@ -70,9 +68,7 @@ class APAPlugin(Plugin):
         self.pseudo = None          # [N, C, H, W] detached fakes of the latest Gmain
         self.augment_pipe = None
         if self.with_dataaug:
-            from training import augment
-            spec = augment.augpipe_specs[opts.get('augpipe') or 'bgc']
-            self.augment_pipe = augment.AugmentPipe(**spec).train().requires_grad_(False).to(device)
+            self.augment_pipe = build_augment_pipe(opts.get('augpipe') or DEFAULT_AUGPIPE, device)
             self.p = self.augment_pipe.p            # one shared p (APA ref behaviour)
         else:
             self.p = torch.zeros([], device=device)
@@ -81,8 +77,8 @@ class APAPlugin(Plugin):
         self.controller = None
         if self.fixed_p is None:
             target = opts.get('target')
-            self.controller = AdaptiveP(self.p, target=0.6 if target is None else target,
-                                        speed_kimg=opts.get('ada_kimg') or 500, interval=4,
+            self.controller = AdaptiveP(self.p, target=DEFAULT_TARGET if target is None else target,
+                                        speed_kimg=opts.get('ada_kimg') or 500, interval=ADA_INTERVAL,
                                         stat_name='Loss/signs/real')
 
     def extra_loss(self, phase, ctx):

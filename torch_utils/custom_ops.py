@@ -336,6 +336,26 @@ def register_plugin(name: str, loader: Callable[[], object]) -> None:
     _registry[name] = loader
 
 
+def plugin_loader(module_name: str, sources: List[str], headers: List[str], source_dir: str) -> Callable[[], object]:
+    """The `_load_plugin()` of an op module, registered for prebuild_all().
+
+    It returns the compiled extension, or None (no CUDA, or the build failed and was reported),
+    and looks it up once per process: get_plugin hashes the sources, which is too slow per call.
+    """
+    result = []
+
+    def load():
+        if not result:
+            plugin = None
+            if torch.cuda.is_available():
+                plugin = get_plugin(module_name, sources=sources, headers=headers, source_dir=source_dir)
+            result.append(plugin)   # not reached when TOOLKIT_STRICT_OPS makes a failure raise
+        return result[0]
+
+    register_plugin(module_name, load)
+    return load
+
+
 def prebuild_all(verbose: bool = True) -> Dict[str, bool]:
     """Build every custom op now, in this process; returns {plugin name: built?}.
 

@@ -44,27 +44,8 @@ activation_funcs = {
 # Extension loading.
 
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-_plugin = None
-_plugin_tried = False
-
-
-def _load_plugin():
-    """The compiled extension, or None (no CUDA, or the build failed and was reported).
-
-    Looked up once per process: get_plugin hashes the sources, which is too slow per call.
-    """
-    global _plugin, _plugin_tried
-    if not _plugin_tried:
-        if torch.cuda.is_available():
-            _plugin = custom_ops.get_plugin('toolkit_bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'],
-                                            headers=['bias_act.h'], source_dir=_SOURCE_DIR)
-        _plugin_tried = True    # not reached when TOOLKIT_STRICT_OPS makes a failure raise
-    return _plugin
-
-
-custom_ops.register_plugin('toolkit_bias_act_plugin', _load_plugin)
+_load_plugin = custom_ops.plugin_loader('toolkit_bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'],
+                                         headers=['bias_act.h'], source_dir=_SOURCE_DIR)
 
 #----------------------------------------------------------------------------
 

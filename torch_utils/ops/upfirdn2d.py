@@ -16,27 +16,8 @@ from torch_utils import custom_ops
 # Extension loading.
 
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-_plugin = None
-_plugin_tried = False
-
-
-def _load_plugin():
-    """The compiled extension, or None (no CUDA, or the build failed and was reported).
-
-    Looked up once per process: get_plugin hashes the sources, which is too slow per call.
-    """
-    global _plugin, _plugin_tried
-    if not _plugin_tried:
-        if torch.cuda.is_available():
-            _plugin = custom_ops.get_plugin('toolkit_upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
-                                            headers=['upfirdn2d.h'], source_dir=_SOURCE_DIR)
-        _plugin_tried = True    # not reached when TOOLKIT_STRICT_OPS makes a failure raise
-    return _plugin
-
-
-custom_ops.register_plugin('toolkit_upfirdn2d_plugin', _load_plugin)
+_load_plugin = custom_ops.plugin_loader('toolkit_upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
+                                         headers=['upfirdn2d.h'], source_dir=_SOURCE_DIR)
 
 #----------------------------------------------------------------------------
 # Argument parsing.
