@@ -6,7 +6,6 @@ plus AdvAug, a one-step sign-gradient perturbation of D's last features and G's 
 Pruned weights are stored as zeros in G itself, so a ticket generator needs no plugin code.
 """
 
-import copy
 import os
 
 import torch

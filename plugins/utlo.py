@@ -8,7 +8,6 @@ training/networks.py, so a UTLO generator needs no plugin code at inference.
 
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

@@ -8,10 +8,13 @@ import pickle
 
 import numpy as np
 import PIL.Image
+import torch
 
 import dnnlib
 import plugins
+from plugins.ada import DEFAULT_AUGPIPE, DEFAULT_TARGET
 from training import training_loop
+from training.loss import StyleGAN2Loss
 
 def make_dataset(path, n=16, classes=3, res=16, seed=0):
     """Folder dataset of n RGB images with a coloured square per class and dataset.json labels."""
@@ -50,14 +53,29 @@ def tiny_config(data, run_dir, aug='noaug', methods=(), cond=False, kimg=0.012, 
     opts.update(aug=aug, methods=list(methods), p=opts.get('p'), target=opts.get('target'), augpipe=opts.get('augpipe'),
                 ada_kimg=100 if resume else 500, batch_size=4, batch_gpu=4, total_kimg=kimg)
     active = plugins.resolve(aug, list(methods), opts)
-    opts.target = 0.6 if opts.target is None else opts.target     # train.py's defaults, after validation
-    opts.augpipe = opts.augpipe or 'bgc'
+    opts.target = DEFAULT_TARGET if opts.target is None else opts.target     # train.py's defaults, after validation
+    opts.augpipe = opts.augpipe or DEFAULT_AUGPIPE
     for cls in active:
         cls.configure(c, opts)
     c.plugin_names = [cls.name for cls in active]
     c.plugin_opts = dict(opts)
     c.desc = '-'.join(cls.describe(opts) for cls in active)
     return c
+
+def run_loss_phase(G, D, pset, phase, c, seed=1):
+    """One accumulate_gradients call of the plugin set `pset` on fixed inputs (reals, z from `seed`,
+    labels c [N, c_dim]), only the phase's module trainable; returns (ctx, {param name: grad})."""
+    G.zero_grad(set_to_none=True); D.zero_grad(set_to_none=True)
+    module = G if phase.startswith('G') else D
+    G.requires_grad_(False); D.requires_grad_(False); module.requires_grad_(True)
+    loss = StyleGAN2Loss('cpu', G, D, plugins=pset, r1_gamma=1.0, style_mixing_prob=0, pl_weight=0)
+    g = torch.Generator().manual_seed(seed)
+    real = torch.rand([len(c), G.img_channels, G.img_resolution, G.img_resolution], generator=g) * 2 - 1
+    z = torch.randn([len(c), G.z_dim], generator=g)
+    torch.manual_seed(seed)
+    ctx = loss.accumulate_gradients(phase, real, c, z, c, gain=1, cur_nimg=0)
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return ctx, grads
 
 def train(c):
     """Run training_loop on config c; returns (loop result, last snapshot dict)."""

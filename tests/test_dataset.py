@@ -1,10 +1,8 @@
 """training/dataset.py: ZIP / folder reading, labels, label files, subsets, mirroring, errors."""
 
-import io
 import json
 import os
 import pickle
-import zipfile
 
 import numpy as np
 import PIL.Image
@@ -12,13 +10,8 @@ import pytest
 import torch
 
 import training.dataset as dataset_mod
+from helpers import png_bytes, write_files
 from training.dataset import DatasetError, ImageFolderDataset, check_dataset, shot_groups, shot_label_file
-
-
-def png_bytes(arr):
-    buf = io.BytesIO()
-    PIL.Image.fromarray(arr).save(buf, format='png', compress_level=0)
-    return buf.getvalue()
 
 
 def random_images(n, res=8, channels=3, seed=0):
@@ -40,16 +33,7 @@ def write_dataset(path, images, labels=None, extra_json=None, as_zip=True, names
             {'labels': None if labels is None else [[n, lab] for n, lab in zip(names, labels)]}).encode()
     for key, value in (extra_json or {}).items():
         files[key] = json.dumps(value).encode()
-    if as_zip:
-        with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as zf:
-            for n, data in files.items():
-                zf.writestr(n, data)
-    else:
-        for n, data in files.items():
-            os.makedirs(os.path.dirname(os.path.join(path, n)), exist_ok=True)
-            with open(os.path.join(path, n), 'wb') as f:
-                f.write(data)
-    return str(path)
+    return write_files(path, files, as_zip)
 
 
 def test_zip_round_trip_onehot_labels_and_chw_uint8(tmp_path):

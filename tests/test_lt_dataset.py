@@ -1,17 +1,16 @@
 """lt_dataset.py: long-tail counts, class order and relabelling, shot-group files, zip/folder output."""
 
-import io
 import json
 import os
 import zipfile
 
 import numpy as np
-import PIL.Image
 import pytest
 from click.testing import CliRunner
 
 import lt_dataset
 from lt_dataset import class_order, lt_counts, make_split
+from helpers import png_bytes, write_files
 from training.dataset import ImageFolderDataset
 
 
@@ -52,9 +51,7 @@ def test_split_relabels_head_to_zero_and_is_seeded():
 
 
 def png(v):
-    buf = io.BytesIO()
-    PIL.Image.fromarray(np.full([4, 4, 3], v, np.uint8)).save(buf, format='png', compress_level=0)
-    return buf.getvalue()
+    return png_bytes(np.full([4, 4, 3], v, np.uint8))
 
 
 def make_dataset(path, per_class, as_zip):
@@ -65,16 +62,7 @@ def make_dataset(path, per_class, as_zip):
         files[fname] = png(c)
         labels.append([fname, c])
     files['dataset.json'] = json.dumps({'labels': labels, 'class_names': [f'k{c}' for c in range(len(per_class))]}).encode()
-    if as_zip:
-        with zipfile.ZipFile(path, 'w') as zf:
-            for n, d in files.items():
-                zf.writestr(n, d)
-    else:
-        for n, d in files.items():
-            os.makedirs(os.path.dirname(os.path.join(path, n)), exist_ok=True)
-            with open(os.path.join(path, n), 'wb') as f:
-                f.write(d)
-    return str(path)
+    return write_files(path, files, as_zip)
 
 
 @pytest.mark.parametrize('as_zip', [True, False], ids=['zip', 'folder'])

@@ -3,7 +3,6 @@ images of any size to features, and fail with clear messages (methods.md section
 
 import hashlib
 import os
-import sys
 
 import pytest
 import torch

@@ -4,12 +4,12 @@ CUDA op against the reference on a GPU (skipped without one)."""
 
 import math
 import os
-import shutil
 import subprocess
 
 import pytest
 import torch
 
+from helpers import compile_host_harness
 from torch_utils.ops import bias_act as ba
 
 ACTS = list(ba.activation_funcs)
@@ -149,17 +149,7 @@ int main(int argc, char** argv) {
 
 @pytest.fixture(scope='module')
 def host_kernel(tmp_path_factory):
-    nvcc = shutil.which('nvcc') or ('/usr/local/cuda/bin/nvcc' if os.path.exists('/usr/local/cuda/bin/nvcc') else None)
-    if nvcc is None:
-        pytest.skip('nvcc not available: cannot compile the kernel math for the host')
-    d = tmp_path_factory.mktemp('bias_act_host')
-    src = d / 'harness.cu'
-    src.write_text(HARNESS)
-    exe = d / 'harness'
-    res = subprocess.run([nvcc, '-std=c++17', '-arch=sm_80', '-I', OPS_DIR, str(src), '-o', str(exe)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return str(exe)
+    return compile_host_harness(tmp_path_factory, 'bias_act_host', HARNESS, OPS_DIR)
 
 
 def _run_host(exe, dtype_id, act, order, alpha, gain, clamp, g, bias, xref, yref, dim_stride):

@@ -4,13 +4,13 @@ pixel math run on the CPU through nvcc, the CUDA autograd wiring (separable pass
 padding) driven by that host build; CUDA vs reference on a GPU (skipped without one)."""
 
 import os
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import compile_host_harness
 from torch_utils.ops import upfirdn2d as U
 
 OPS_DIR = os.path.dirname(os.path.abspath(U.__file__))
@@ -194,15 +194,7 @@ int main(int argc, char** argv) {
 
 @pytest.fixture(scope='module')
 def host_kernel(tmp_path_factory):
-    nvcc = shutil.which('nvcc') or ('/usr/local/cuda/bin/nvcc' if os.path.exists('/usr/local/cuda/bin/nvcc') else None)
-    if nvcc is None:
-        pytest.skip('nvcc not available: cannot compile the kernel math for the host')
-    d = tmp_path_factory.mktemp('upfirdn2d_host')
-    (d / 'harness.cu').write_text(HARNESS)
-    res = subprocess.run([nvcc, '-std=c++17', '-arch=sm_80', '-I', OPS_DIR, str(d / 'harness.cu'), '-o', str(d / 'h')],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return str(d / 'h')
+    return compile_host_harness(tmp_path_factory, 'upfirdn2d_host', HARNESS, OPS_DIR)
 
 
 def _host_upfirdn2d(exe, x, f2d, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip, gain):

@@ -3,7 +3,6 @@
 import copy
 import importlib
 import inspect
-import io
 import pickle
 import pickletools
 import sys

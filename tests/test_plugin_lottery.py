@@ -10,7 +10,7 @@ import dnnlib
 import plugins
 from plugins import lottery
 from training import networks
-from training.loss import StyleGAN2Loss
+from plugin_train_util import run_loss_phase
 
 def _nets(seed=0, c_dim=0):
     torch.manual_seed(seed)
@@ -179,18 +179,7 @@ def test_pgd_step_creates_no_parameter_gradients():
     assert torch.equal(g1, lin.weight.grad)
 
 def _loss_phase(G, D, pset, phase, seed=1):
-    G.zero_grad(set_to_none=True); D.zero_grad(set_to_none=True)
-    module = G if phase.startswith('G') else D
-    G.requires_grad_(False); D.requires_grad_(False); module.requires_grad_(True)
-    loss = StyleGAN2Loss('cpu', G, D, plugins=pset, r1_gamma=1.0, style_mixing_prob=0, pl_weight=0)
-    g = torch.Generator().manual_seed(seed)
-    real = torch.rand([4, 3, 16, 16], generator=g) * 2 - 1
-    z = torch.randn([4, 16], generator=g)
-    c = torch.zeros([4, 0])
-    torch.manual_seed(seed)
-    ctx = loss.accumulate_gradients(phase, real, c, z, c, gain=1, cur_nimg=0)
-    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
-    return ctx, grads
+    return run_loss_phase(G, D, pset, phase, torch.zeros([4, 0]), seed=seed)
 
 @pytest.mark.parametrize('phase', ['Gmain', 'Dmain'])
 def test_gamma0_equals_the_baseline_loss(phase):

@@ -12,7 +12,7 @@ import dnnlib
 import plugins
 from plugins import utlo
 from training import networks
-from training.loss import StyleGAN2Loss
+from plugin_train_util import run_loss_phase
 
 C_DIM = 3
 
@@ -34,19 +34,7 @@ def _plugin_set(**kwargs):
     return plugins.PluginSet([utlo.UTLOPlugin], _opts(**kwargs), 'cpu')
 
 def _run_phase(G, D, pset, phase, seed=1):
-    """One accumulate_gradients call with fixed inputs; returns (ctx, {param name: grad})."""
-    G.zero_grad(set_to_none=True); D.zero_grad(set_to_none=True)
-    module = G if phase.startswith('G') else D
-    G.requires_grad_(False); D.requires_grad_(False); module.requires_grad_(True)
-    loss = StyleGAN2Loss('cpu', G, D, plugins=pset, r1_gamma=1.0, style_mixing_prob=0, pl_weight=0)
-    g = torch.Generator().manual_seed(seed)
-    real = torch.rand([4, 3, 16, 16], generator=g) * 2 - 1
-    c = torch.eye(C_DIM)[[0, 1, 2, 0]]
-    z = torch.randn([4, 16], generator=g)
-    torch.manual_seed(seed)
-    ctx = loss.accumulate_gradients(phase, real, c, z, c, gain=1, cur_nimg=0)
-    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
-    return ctx, grads
+    return run_loss_phase(G, D, pset, phase, torch.eye(C_DIM)[[0, 1, 2, 0]], seed=seed)
 
 @pytest.mark.parametrize('phase', ['Gmain', 'Dmain', 'Dreg'])
 def test_alpha0_without_uc_equals_base_conditional_loss(phase):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import train
+from metrics import detectors
 
 pytestmark = pytest.mark.slow
 
@@ -167,20 +168,9 @@ def test_weights_only_resume_reports_skipped_tensors(tmp_path, data):
     assert not torch.equal(const_G, const_src)
     torch.testing.assert_close(result.G_ema.synthesis.b4.const.detach(), const_G.lerp(const_src, beta), rtol=0, atol=1e-6)
 
-class TinyExtractor(torch.nn.Module):
-    """A fast stand-in detector with the Inception calling convention (metrics tests use the same idea)."""
-    def forward(self, x, return_features: bool = False, no_output_bias: bool = False,
-                resize_images: bool = True, return_lpips: bool = False):
-        x = x.float() / 255
-        f = torch.cat([x.mean(dim=[2, 3]), x.std(dim=[2, 3]), x[:, :, ::4, ::4].flatten(1)], dim=1)
-        if return_features or return_lpips:
-            return f
-        return f[:, :6].softmax(dim=1)
-
 def test_metrics_at_snapshots_with_metricdata(tmp_path, data, monkeypatch):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
-    detector = str(tmp_path / 'tiny.pt')
-    torch.jit.save(torch.jit.script(TinyExtractor()), detector)
+    detector = detectors.save_stub_detector(str(tmp_path / 'stub.pt'))
     full = make_dataset(tmp_path / 'full', num=20)
     c = config(tmp_path / 'out', data, '--aug=noaug', '--kimg=0.016', '--snap=1', '--tick=0.008',
                '--metrics=fid8_full,kid8_full', f'--detector={detector}', f'--metricdata={full}', '--subset=10')

@@ -164,7 +164,7 @@ def _module_to_src(module, required=True):
     if src is None:
         try:
             src = inspect.getsource(module)
-        except (OSError, TypeError) as e:
+        except (OSError, TypeError):
             if required:
                 raise
             return None

@@ -122,14 +122,18 @@ class StyleGAN2Loss:
 
     # --- the terms of each phase (each returns a scalar before `gain`) -----------------------
 
-    def _G_main(self, ctx, synthesis_kwargs, weight):
-        """softplus(-D(A(G(z, c)), c)) averaged over the batch."""
+    def _fake_logits(self, ctx, synthesis_kwargs):
+        """D(A(G(z, c)), c) [N, 1] for the phase's latents; fills ctx's gen_* keys and reports the scores."""
         img, ws, extra = self.run_G(ctx.gen_z, ctx.gen_c, **synthesis_kwargs)
         logits, features, img_aug = self._run_D_full(img, ctx.gen_c, False, ctx.phase)
         ctx.update(gen_img=img, gen_ws=ws, gen_extra=extra, gen_img_aug=img_aug, gen_features=features, gen_logits=logits)
         training_stats.report('Loss/scores/fake', logits)
         training_stats.report('Loss/signs/fake', logits.sign())
-        loss_G = F.softplus(-logits)
+        return logits
+
+    def _G_main(self, ctx, synthesis_kwargs, weight):
+        """softplus(-D(A(G(z, c)), c)) averaged over the batch."""
+        loss_G = F.softplus(-self._fake_logits(ctx, synthesis_kwargs))
         training_stats.report('Loss/G/loss', loss_G)
         return loss_G.mean() * weight
 
@@ -155,12 +159,7 @@ class StyleGAN2Loss:
 
     def _D_fake(self, ctx, synthesis_kwargs, weight):
         """softplus(D(A(G(z, c)), c)): returns (per-sample loss [N, 1], weighted batch mean)."""
-        img, ws, extra = self.run_G(ctx.gen_z, ctx.gen_c, **synthesis_kwargs)
-        logits, features, img_aug = self._run_D_full(img, ctx.gen_c, False, ctx.phase)
-        ctx.update(gen_img=img, gen_ws=ws, gen_extra=extra, gen_img_aug=img_aug, gen_features=features, gen_logits=logits)
-        training_stats.report('Loss/scores/fake', logits)
-        training_stats.report('Loss/signs/fake', logits.sign())
-        loss_Dgen = F.softplus(logits)
+        loss_Dgen = F.softplus(self._fake_logits(ctx, synthesis_kwargs))
         return loss_Dgen, loss_Dgen.mean() * weight
 
     def _D_real(self, ctx, real_img, do_main, do_r1, weight, loss_Dgen):
