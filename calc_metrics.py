@@ -82,6 +82,8 @@ def run_metrics(rank, args, temp_dir):
     """Compute every metric on one rank (process); rank 0 reports."""
     if args.num_gpus > 1:
         backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+        if backend == 'nccl':   # NCCL's barrier and object collectives use the current device, not cuda:0 on every rank
+            torch.cuda.set_device(rank)
         init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
         torch.distributed.init_process_group(backend=backend, init_method=f'file://{init_file}',
                                              rank=rank, world_size=args.num_gpus)

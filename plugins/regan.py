@@ -135,6 +135,7 @@ class ReGANPlugin(Plugin):
         self.skip_bias = bool(opts.get('regan_skip_bias'))
         self.ref_extra = bool(opts.get('regan_ref_extra_sparse_iter'))
         self.masks = {}             # name -> bool tensor, True = pruned
+        self._any_pruned = None     # cached any_pruned(); None = masks changed since
         self.mode = WARMUP
         self.lr_factor = 1.0
         self.G_lr = None            # the Gmain LR in force, for the stats
@@ -148,11 +149,13 @@ class ReGANPlugin(Plugin):
         self.params = dict(G.named_parameters())
         names = select_params(G, self.exclude, self.skip_bias, self.include)
         self.masks = {name: torch.zeros_like(self.params[name], dtype=torch.bool) for name in names}
+        self._any_pruned = None
 
     def update_masks(self):
         """Recompute every mask from the current weights and zero the pruned weights."""
         for name in self.masks:
             self.masks[name] = magnitude_mask(self.params[name], self.sparsity)
+        self._any_pruned = None
         self.zero_weights(self.params)
 
     @torch.no_grad()
@@ -199,7 +202,11 @@ class ReGANPlugin(Plugin):
     # --- stats and state --------------------------------------------------------------------
 
     def any_pruned(self):
-        return any(bool(m.any()) for m in self.masks.values())
+        # Cached (asked every iteration with --regan-refresh=phase_start; each bool() is a GPU sync):
+        # masks change only in attach, update_masks and load_state, which reset the cache.
+        if self._any_pruned is None:
+            self._any_pruned = any(bool(m.any()) for m in self.masks.values())
+        return self._any_pruned
 
     def sparsity_stats(self):
         """(per-tensor pruned fraction, overall fraction, MACs saved per image, fraction of covered MACs)."""
@@ -243,3 +250,4 @@ class ReGANPlugin(Plugin):
         for name, mask in state.get('masks', {}).items():
             if name in self.masks and mask.shape == self.masks[name].shape:
                 self.masks[name] = mask.to(self.masks[name].device)
+        self._any_pruned = None

@@ -141,6 +141,20 @@ def test_phase_start_refresh_keeps_masks_within_a_phase():
     plugin.on_iteration_start(state)
     assert all(torch.equal(first[n], plugin.masks[n]) for n in first)
 
+def test_any_pruned_follows_mask_changes_without_rereading_masks():
+    """any_pruned() is asked every iteration with phase_start; it is cached, and every way the
+    masks change (fresh masks, a refresh, a resumed state) invalidates the cache."""
+    plugin, G, _ = _setup(regan_sparsity=0.3, regan_warmup=0, regan_g=3, regan_refresh='phase_start')
+    assert not plugin.any_pruned()
+    plugin.on_iteration_start(_state(G, 0))
+    assert plugin.any_pruned()
+    for m in plugin.masks.values():    # not a supported way to change masks: shows the value is cached
+        m.zero_()
+    assert plugin.any_pruned()
+    fresh, _, _ = _setup(regan_warmup=0)
+    plugin.load_state(fresh.state_for_snapshot())
+    assert not plugin.any_pruned()
+
 def test_D_is_never_masked():
     plugin, G, _ = _setup(regan_warmup=0)
     plugin.on_iteration_start(_state(G, 0))

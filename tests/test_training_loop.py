@@ -5,6 +5,8 @@ weights-only (transfer) resume."""
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
@@ -13,6 +15,7 @@ import torch
 
 import train
 from metrics import detectors
+from training import training_loop
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +205,26 @@ def test_freeze_d_and_r1_through_fixed_augmentation(tmp_path, data):
     stats = read_stats(c.run_dir)
     assert stats[-1]['Progress/augment']['mean'] == pytest.approx(0.5)
     assert np.isfinite(stats[-1]['Loss/r1_penalty']['mean']) and stats[-1]['Loss/r1_penalty']['num'] == 8
+
+def test_tensors_to_cpu_keeps_the_structure():
+    state = dict(opt=dict(state={0: dict(step=torch.tensor(3.0), exp_avg=torch.ones(2, requires_grad=True))},
+                          param_groups=[dict(params=[0], betas=(0.0, 0.99))]),
+                 rng=(3, (1, 2), None), n=7)
+    out = training_loop.tensors_to_cpu(state)
+    assert out['opt']['param_groups'] == [dict(params=[0], betas=(0.0, 0.99))] and out['rng'] == (3, (1, 2), None)
+    assert out['n'] == 7 and not out['opt']['state'][0]['exp_avg'].requires_grad
+    assert torch.equal(out['opt']['state'][0]['exp_avg'], torch.ones(2))
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_snapshot_loads_without_a_gpu(tmp_path, data):
+    """A run on the GPU writes optimizer moments as CPU tensors: the snapshot unpickles where CUDA is absent."""
+    c = config(tmp_path, data, '--aug=ada', '--kimg=0.016', '--tick=0.008', '--snap=1')
+    train.run_training(c)
+    snap = os.path.join(c.run_dir, 'network-snapshot-000000.pkl')
+    code = ('import pickle, sys; d = pickle.load(open(sys.argv[1], "rb")); '
+            'assert all(t.device.type == "cpu" for t in d["resume_state"]["G_opt"]["state"][0].values())')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, '-c', code, snap], cwd=root, capture_output=True, text=True,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -524,15 +524,17 @@ class StatsWriter:
 def fetch_inputs(training_set_iterator, training_set, num_phases, batch_per_rank, batch_gpu, z_dim, device):
     """Reals in [-1, 1] and their labels split into rounds of batch_gpu; per phase, latents z and
     labels c of uniformly drawn training images (the empirical class frequencies)."""
+    # Host-to-device copies from pinned memory (the loader pins with pin_memory=True) run
+    # asynchronously with non_blocking=True; from pageable memory they are plain copies.
     real_img, real_c = next(training_set_iterator)
-    real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(batch_gpu)
-    real_c = real_c.to(device).split(batch_gpu)
+    real_img = (real_img.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1).split(batch_gpu)
+    real_c = real_c.to(device, non_blocking=True).split(batch_gpu)
     all_gen_z = torch.randn([num_phases, batch_per_rank, z_dim], device=device)
     all_gen_c = [training_set.get_label(np.random.randint(len(training_set))) for _ in range(num_phases * batch_per_rank)]
     all_gen_c = torch.from_numpy(np.stack(all_gen_c))
     if device.type == 'cuda':
         all_gen_c = all_gen_c.pin_memory()
-    all_gen_c = all_gen_c.to(device).reshape(num_phases, batch_per_rank, -1)
+    all_gen_c = all_gen_c.to(device, non_blocking=True).reshape(num_phases, batch_per_rank, -1)
     return real_img, real_c, all_gen_z, all_gen_c
 
 def run_phase(phase, loss, plugins, real_img, real_c, gen_z, gen_c, cur_nimg, num_gpus, device, sync_timing):
@@ -616,6 +618,18 @@ def param_digest(modules):
             h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
+def tensors_to_cpu(obj):
+    """obj with every tensor in it (nested dicts, lists, tuples) on the CPU. Optimizer states hold
+    CUDA tensors; pickled as such, a snapshot would not load on a machine without a GPU and would
+    land on cuda:0 in every process that loads it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if type(obj) is dict:
+        return {key: tensors_to_cpu(value) for key, value in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(tensors_to_cpu(value) for value in obj)
+    return obj
+
 def _snapshot_module(module):
     if module is None:
         return None
@@ -637,11 +651,11 @@ def save_snapshot(run_dir, G, D, G_ema, augment_pipe, training_set_kwargs, phase
                 augment_pipe=_snapshot_module(augment_pipe), training_set_kwargs=dict(training_set_kwargs))
     snapshot_pkl = os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl')
     if rank == 0:
-        data['resume_state'] = dict(
+        data['resume_state'] = tensors_to_cpu(dict(
             G_opt=phases[0].opt.state_dict(), D_opt=phases[-1].opt.state_dict(),
             plugins=plugin_states, cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx,
             rng=rank_states[0]['rng'], loss=rank_states[0]['loss'], rank_states=rank_states,
-            options=copy.deepcopy(options))
+            options=copy.deepcopy(options)))
         write_pickle_atomic(data, snapshot_pkl)
         prune_snapshots(run_dir, snapshot_keep)
     return snapshot_pkl, data
