@@ -247,12 +247,8 @@ def _spawned_worker(rank, c, init_method):
 
 def prebuild_ops():
     """Build the custom CUDA ops once here, before workers start, so they do not race to compile."""
-    try:
-        from torch_utils import custom_ops
-    except ImportError:
-        return
-    if hasattr(custom_ops, 'prebuild_all'):
-        custom_ops.prebuild_all(verbose=True)
+    from torch_utils import custom_ops
+    custom_ops.prebuild_all(verbose=True)
 
 def under_torchrun():
     return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ

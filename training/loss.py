@@ -3,30 +3,17 @@ regularisation (methods.md section 0), with the plugin hook points of docs/archi
 (batch replacement, the augmentation `A` in front of D, loss weights and extra terms).
 """
 
-import contextlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dnnlib import EasyDict
 from torch_utils import training_stats
-
-try:
-    from torch_utils.ops import conv2d_gradfix
-except ImportError:     # ops package not present: the gradient fix is only a speed-up
-    conv2d_gradfix = None
+from torch_utils.ops import conv2d_gradfix
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
 
 #----------------------------------------------------------------------------
-
-def _no_weight_gradients(enable=True):
-    """Skip weight gradients of the custom conv op inside the first-order grad of R1 / PL:
-    only the input gradient is needed there, so the weight part would be wasted work."""
-    if not enable or conv2d_gradfix is None:
-        return contextlib.nullcontext()
-    return conv2d_gradfix.no_weight_gradients()
 
 def _empty_plugin_set():
     from plugins import PluginSet
@@ -144,7 +131,7 @@ class StyleGAN2Loss:
         if ctx.gen_img is None:
             ctx.update(gen_img=img, gen_ws=ws, gen_extra=extra)
         noise = torch.randn_like(img) / np.sqrt(img.shape[2] * img.shape[3])
-        with _no_weight_gradients(self.pl_no_weight_grad):
+        with conv2d_gradfix.no_weight_gradients(self.pl_no_weight_grad):   # only d/dws is needed here
             grads = torch.autograd.grad(outputs=[(img * noise).sum()], inputs=[ws], create_graph=True, only_inputs=True)[0]
         lengths = grads.square().sum(2).mean(1).sqrt()              # [batch]
         pl_mean = self.pl_mean.lerp(lengths.mean(), self.pl_decay)
@@ -175,7 +162,7 @@ class StyleGAN2Loss:
             training_stats.report('Loss/D/loss', loss_Dgen + loss_Dreal if loss_Dgen is not None else loss_Dreal)
             total = total + loss_Dreal.mean() * weight
         if do_r1:
-            with _no_weight_gradients():
+            with conv2d_gradfix.no_weight_gradients():   # d/dx only; weights get theirs via the penalty's backward
                 grads = torch.autograd.grad(outputs=[logits.sum()], inputs=[real], create_graph=True, only_inputs=True)[0]
             r1_penalty = grads.square().sum([1, 2, 3])
             loss_Dr1 = r1_penalty * (self.r1_gamma / 2)

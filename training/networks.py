@@ -22,18 +22,12 @@ from torch_utils.ops import upfirdn2d
 #----------------------------------------------------------------------------
 # Helpers.
 
-# Gain that keeps the activation's output at unit variance for unit-variance input
-# (bias_act applies the same number when gain=None).
-_ACT_GAIN = {'linear': 1.0, 'relu': math.sqrt(2), 'lrelu': math.sqrt(2), 'tanh': 1.0,
-             'sigmoid': 1.0, 'elu': 1.0, 'selu': 1.0, 'softplus': 1.0, 'swish': math.sqrt(2)}
-
 def _act_gain(activation):
-    funcs = getattr(bias_act, 'activation_funcs', None)
-    if funcs is not None and activation in funcs:
-        return float(funcs[activation].def_gain)
-    if activation not in _ACT_GAIN:
-        raise ValueError(f'unknown activation "{activation}"; use one of {sorted(_ACT_GAIN)}')
-    return _ACT_GAIN[activation]
+    """Gain that keeps the activation's output at unit variance for unit-variance input
+    (bias_act applies the same number when gain=None)."""
+    if activation not in bias_act.activation_funcs:
+        raise ValueError(f'unknown activation "{activation}"; use one of {sorted(bias_act.activation_funcs)}')
+    return float(bias_act.activation_funcs[activation].def_gain)
 
 def _compute_dtype(use_fp16, force_fp32, device):
     """fp16 only where the block asks for it, the caller allows it, and the tensor lives on a GPU."""

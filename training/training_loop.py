@@ -118,14 +118,8 @@ def copy_matching_params(src, dst):
 
 def load_network_file(path):
     """A snapshot / network pickle as a dict (legacy.py handles upstream and safe formats)."""
-    try:
-        import legacy
-    except ImportError:
-        legacy = None
-    if legacy is not None and hasattr(legacy, 'load_network'):
-        return legacy.load_network(path)
-    with dnnlib.util.open_url(path) as f:
-        return pickle.load(f)
+    import legacy
+    return legacy.load_network(path)
 
 def write_pickle_atomic(obj, path):
     """Pickle to `path.tmp`, fsync, then rename: a crash never leaves a truncated snapshot."""
