@@ -136,14 +136,7 @@ def format_time(seconds: Union[int, float]) -> str:
 
 def format_time_brief(seconds: Union[int, float]) -> str:
     """Like format_time, but only the two largest units: '3m 05s', '2h 03m', '1d 02h'."""
-    s = int(round(seconds))
-    if s < 60:
-        return f'{s}s'
-    if s < 60 * 60:
-        return f'{s // 60}m {s % 60:02d}s'
-    if s < 24 * 60 * 60:
-        return f'{s // (60 * 60)}h {(s // 60) % 60:02d}m'
-    return f'{s // (24 * 60 * 60)}d {(s // (60 * 60)) % 24:02d}h'
+    return ' '.join(format_time(seconds).split(' ')[:2])
 
 #----------------------------------------------------------------------------
 # Objects by dotted name ('training.networks.Generator').

@@ -169,6 +169,8 @@ def test_format_time():
     assert util.format_time(125) == '2m 05s'
     assert util.format_time(3 * 3600 + 4 * 60 + 5) == '3h 04m 05s'
     assert util.format_time(2 * 86400 + 3 * 3600 + 4 * 60) == '2d 03h 04m'
+    assert util.format_time_brief(42) == '42s' and util.format_time_brief(125) == '2m 05s'
+    assert util.format_time_brief(3 * 3600 + 4 * 60 + 5) == '3h 04m' and util.format_time_brief(2 * 86400 + 3 * 3600) == '2d 03h'
 
 def test_logger_tees_stdout(tmp_path):
     log = tmp_path / 'log.txt'
