@@ -1,6 +1,7 @@
 """torch_utils.misc: sampler, parameter copying, shape assertions, constants, module summary."""
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -131,6 +132,31 @@ def test_ddp_helpers_without_distributed():
     with misc.ddp_sync(net, sync=False):
         pass
     misc.check_ddp_consistency(net) # no process group: nothing to compare
+
+def _consistency_worker(rank, init_file, out_dir):
+    import datetime
+    torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2,
+                                         timeout=datetime.timedelta(seconds=30))
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        for i, p in enumerate(net.parameters()):
+            p.fill_(i + (rank if i == 1 else 0))   # rank 1's first bias differs
+    try:
+        misc.check_ddp_consistency(net)
+        verdict = 'passed'
+    except AssertionError as err:
+        verdict = str(err)
+    with open(os.path.join(out_dir, f'rank{rank}.txt'), 'w') as f:
+        f.write(verdict)
+    torch.distributed.destroy_process_group()
+
+@pytest.mark.slow
+def test_ddp_consistency_failure_raises_on_every_rank(tmp_path):
+    """Only rank 1 differs, yet both ranks raise, naming the tensor (no rank left blocked)."""
+    torch.multiprocessing.spawn(_consistency_worker, args=(str(tmp_path / 'init'), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        verdict = (tmp_path / f'rank{rank}.txt').read_text()
+        assert 'DDP consistency check failed' in verdict and 'Sequential.0.bias' in verdict, verdict
 
 def test_print_module_summary(capsys):
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))

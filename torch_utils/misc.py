@@ -188,10 +188,15 @@ def ddp_sync(module, sync):
             yield
 
 def check_ddp_consistency(module, ignore_regex=None):
-    """Assert that every parameter and buffer equals rank 0's (no-op without torch.distributed)."""
+    """Assert that every parameter and buffer equals rank 0's (no-op without torch.distributed).
+
+    A collective: the verdict is all-reduced, so every rank raises together. A rank raising
+    alone would leave the others blocked in their next collective until the timeout.
+    """
     assert isinstance(module, torch.nn.Module)
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
+    names, differs = [], []
     for name, tensor in named_params_and_buffers(module):
         fullname = type(module).__name__ + '.' + name
         if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
@@ -201,8 +206,15 @@ def check_ddp_consistency(module, ignore_regex=None):
             tensor = nan_to_num(tensor)
         other = tensor.clone()
         torch.distributed.broadcast(tensor=other, src=0)
-        if not (tensor == other).all():
-            raise AssertionError(f'DDP consistency check failed: {fullname} differs from rank 0')
+        names.append(fullname)
+        differs.append((tensor != other).any())
+    if not names:
+        return
+    num_differing = torch.stack(differs).to(torch.float32)    # per tensor: ranks that differ from rank 0
+    torch.distributed.all_reduce(num_differing)
+    bad = [name for name, n in zip(names, num_differing.tolist()) if n > 0]
+    if bad:
+        raise AssertionError(f'DDP consistency check failed: {", ".join(bad)} differ(s) from rank 0 on some rank')
 
 #----------------------------------------------------------------------------
 # Module summary table.
