@@ -219,11 +219,8 @@ def test_lazy_regularisation_adam_settings_and_ema_beta():
 
 @pytest.mark.slow
 def test_torchrun_two_workers_share_one_run_dir(tmp_path, data):
-    import socket
-    with socket.socket() as sock:      # a free port for the rendezvous
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
+    # --standalone: torchrun picks a free port itself (no race between choosing one and binding it).
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
            os.path.join(ROOT, 'train.py'), f'--outdir={tmp_path}', f'--data={data}', '--cfg=tiny', '--metrics=none',
            '--workers=0', '--kimg=0.016', '--tick=0.008', '--snap=1', '--batch=8']
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
