@@ -239,9 +239,10 @@ class ShapesSource:
     @staticmethod
     def _draw(draw, cls, rnd, width, height, fg):
         size = min(width, height)
-        r = rnd.uniform(0.18, 0.32) * size
-        cx = rnd.uniform(r + 0.05 * size, width - r - 0.05 * size)
-        cy = rnd.uniform(r + 0.05 * size, height - r - 0.05 * size)
+        r = rnd.uniform(0.2, 0.3) * size
+        # Near the centre (a GAN learns the shapes much sooner than their positions), never clipped.
+        cx = width / 2 + rnd.uniform(-0.08, 0.08) * size
+        cy = height / 2 + rnd.uniform(-0.08, 0.08) * size
         theta = rnd.uniform(0, 2 * np.pi)
 
         def polygon(n, radius, angle):
