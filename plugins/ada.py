@@ -18,6 +18,11 @@ def check_augpipe(opts):
     if name is not None and name not in _augpipe_names():
         raise ValueError(f'unknown --augpipe "{name}"; choose one of: {", ".join(_augpipe_names())}')
 
+def check_target(opts):
+    target = opts.get('target')
+    if target is not None and not 0 <= target <= 1:
+        raise ValueError(f'--target must be between 0 and 1, got {target}')
+
 def build_augment_pipe(augpipe, device):
     """AugmentPipe for a preset name, in training mode, with p = 0 and no trainable parameters."""
     from training.augment import AugmentPipe, augpipe_specs
@@ -70,9 +75,7 @@ class ADA(_AugmentBase):
     def validate(cls, aug, methods, opts):
         if opts.get('p') is not None:
             raise ValueError('--p can only be given with --aug=fixed (ada adapts p itself; use --target to steer it)')
-        target = opts.get('target')
-        if target is not None and not 0 <= target <= 1:
-            raise ValueError(f'--target must be between 0 and 1, got {target}')
+        check_target(opts)
         check_augpipe(opts)
 
     @classmethod

@@ -6,7 +6,7 @@ labelled real (methods.md section 4). No extra G forward: the fakes of the lates
 import torch
 
 from plugins import AdaptiveP, Option, Plugin, register
-from plugins.ada import ADA_INTERVAL, DEFAULT_AUGPIPE, DEFAULT_TARGET, build_augment_pipe, check_augpipe
+from plugins.ada import ADA_INTERVAL, DEFAULT_AUGPIPE, DEFAULT_TARGET, build_augment_pipe, check_augpipe, check_target
 from torch_utils import training_stats
 
 REAL_PHASES = ('Dmain', 'Dreg', 'Dboth')    # phases in which D sees the real batch
@@ -43,9 +43,7 @@ class APAPlugin(Plugin):
     def validate(cls, aug, methods, opts):
         if opts.get('p') is not None:
             raise ValueError('--p is for --aug=fixed; with --aug=apa use --apa-fixed-p to hold the APA probability constant')
-        target = opts.get('target')
-        if target is not None and not 0 <= target <= 1:
-            raise ValueError(f'--target must be between 0 and 1, got {target}')
+        check_target(opts)
         if opts.get('augpipe') is not None and not opts.get('with_dataaug'):
             raise ValueError('--augpipe only matters with --aug=apa --with-dataaug=true; add that or drop --augpipe')
         fixed = opts.get('apa_fixed_p')
