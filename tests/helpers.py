@@ -1,14 +1,19 @@
 """Small helpers shared by several test modules: writing a dataset's files as a ZIP or a folder,
-and compiling a CUDA op's kernel maths for the host (GPU-machine tests)."""
+reading a snapshot pickle, and compiling a CUDA op's kernel maths for the host (GPU-machine tests)."""
 
 import io
 import os
+import pickle
 import shutil
 import subprocess
 import zipfile
 
 import PIL.Image
 import pytest
+
+def load_pickle(path):
+    with open(path, 'rb') as f:
+        return pickle.load(f)
 
 def png_bytes(arr):
     """uint8 HWC / HW array -> uncompressed PNG bytes."""

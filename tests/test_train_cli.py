@@ -3,7 +3,6 @@ run killed with SIGKILL and resumed with --resume=latest, and a 2-process gloo r
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 import train
+from helpers import load_pickle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,10 +32,6 @@ def make_dataset(root, num=12, size=(16, 16), labels=True):
     with open(os.path.join(root, 'dataset.json'), 'w') as f:
         json.dump({'labels': entries if labels else None}, f)
     return str(root)
-
-def load(path):
-    with open(path, 'rb') as f:
-        return pickle.load(f)
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
@@ -122,7 +118,7 @@ def test_sigkill_then_resume_latest_continues(tmp_path, data):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     snap_path = train.list_snapshots(str(outdir))[-1]
-    snap = load(snap_path)
+    snap = load_pickle(snap_path)
     rs = snap['resume_state']
     nimg, batch_idx = rs['cur_nimg'], rs['batch_idx']
     assert nimg == 8 * batch_idx and nimg > 0
@@ -167,7 +163,7 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, data):
     c = train.build_cli().main(argv + ['--dry-run'], standalone_mode=False)
     assert (c.num_gpus, c.batch_size, c.batch_gpu) == (2, 8, 4)
     assert train.run_training(c) is None           # trained in two spawned processes
-    snap = load(os.path.join(c.run_dir, 'network-snapshot-000000.pkl'))
+    snap = load_pickle(os.path.join(c.run_dir, 'network-snapshot-000000.pkl'))
     rank_states = snap['resume_state']['rank_states']
     assert len(rank_states) == 2
     assert rank_states[0]['param_digest'] == rank_states[1]['param_digest']        # identical G, D, G_ema
@@ -227,6 +223,6 @@ def test_torchrun_two_workers_share_one_run_dir(tmp_path, data):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs = os.listdir(tmp_path)
     assert len(runs) == 1 and proc.stdout.count('Training options:') == 1
-    rs = load(os.path.join(tmp_path, runs[0], 'network-snapshot-000000.pkl'))['resume_state']
+    rs = load_pickle(os.path.join(tmp_path, runs[0], 'network-snapshot-000000.pkl'))['resume_state']
     assert len(rs['rank_states']) == 2 and rs['rank_states'][0]['param_digest'] == rs['rank_states'][1]['param_digest']
     assert rs['options']['num_gpus'] == 2 and rs['options']['batch_gpu'] == 4

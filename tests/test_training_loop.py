@@ -16,6 +16,7 @@ import torch
 import train
 from metrics import detectors
 from training import training_loop
+from helpers import load_pickle
 
 pytestmark = pytest.mark.slow
 
@@ -49,10 +50,6 @@ def config(outdir, data, *args, shrink=True):
 def read_stats(run_dir):
     with open(os.path.join(run_dir, 'stats.jsonl')) as f:
         return [json.loads(line) for line in f]
-
-def load(path):
-    with open(path, 'rb') as f:
-        return pickle.load(f)
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
@@ -95,7 +92,7 @@ def test_tiny_run_writes_outputs_and_reproducible_snapshot(tmp_path, data):
     assert result.cur_nimg == 64 and result.batch_idx == 8
     assert all(torch.isfinite(t).all() for t in all_tensors(result).values() if t.is_floating_point())
 
-    snap = load(os.path.join(run, 'network-snapshot-000000.pkl'))
+    snap = load_pickle(os.path.join(run, 'network-snapshot-000000.pkl'))
     assert set(snap) >= {'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs', 'resume_state'}
     rs = snap['resume_state']
     assert (rs['cur_nimg'], rs['batch_idx'], rs['cur_tick']) == (64, 8, 3)
@@ -107,7 +104,7 @@ def test_tiny_run_writes_outputs_and_reproducible_snapshot(tmp_path, data):
     z = torch.randn([4, snap['G_ema'].z_dim], generator=torch.Generator().manual_seed(1))
     cc = torch.eye(3)[[0, 1, 2, 0]]
     img_snap = snap['G_ema'](z, cc, noise_mode='const')
-    img_again = load(os.path.join(run, 'network-snapshot-000000.pkl'))['G_ema'](z, cc, noise_mode='const')
+    img_again = load_pickle(os.path.join(run, 'network-snapshot-000000.pkl'))['G_ema'](z, cc, noise_mode='const')
     with torch.no_grad():
         img_live = result.G_ema(z, cc, noise_mode='const')
     assert img_snap.shape == (4, 3, 16, 16)
@@ -126,7 +123,7 @@ def test_full_resume_continues_exactly(tmp_path, data):
     first = fast_ada(config(tmp_path / 'b', data, '--kimg=0.024', *common))
     train.run_training(first)
     snap_path = os.path.join(first.run_dir, 'network-snapshot-000000.pkl')
-    rs = load(snap_path)['resume_state']
+    rs = load_pickle(snap_path)['resume_state']
     assert rs['cur_nimg'] == 24 and rs['batch_idx'] == 3
     assert rs['plugins']['ada']['pending'][0] == 4 * 8   # D(real) signs of 3 Dmain + 1 Dreg, not yet used by ADA
     resumed_c = config(tmp_path / 'b', data, '--kimg=0.040', f'--resume={snap_path}', *common)
@@ -162,7 +159,7 @@ def test_weights_only_resume_reports_skipped_tensors(tmp_path, data):
     result = train.run_training(c)
     log = open(os.path.join(c.run_dir, 'log.txt')).read()
     assert 'tensors of G not in the pickle or shaped differently' in log and 'mapping.fc0.weight' in log
-    assert load(os.path.join(c.run_dir, 'network-snapshot-000000.pkl'))['resume_state']['cur_nimg'] == 8   # counts from zero
+    assert load_pickle(os.path.join(c.run_dir, 'network-snapshot-000000.pkl'))['resume_state']['cur_nimg'] == 8   # counts from zero
     # One step of EMA from the pickle's G_ema with the full 1-kimg half-life (the ramp is off
     # on transfer; with it on, beta would be 0 at cur_nimg=0 and G_ema would equal G).
     beta = 0.5 ** (8 / 1000)
