@@ -10,9 +10,8 @@ import pkgutil
 import re
 
 import numpy as np
-import torch
 
-from torch_utils import training_stats
+from torch_utils import misc, training_stats
 
 #----------------------------------------------------------------------------
 # Options and registry.
@@ -305,8 +304,10 @@ class AdaptiveP:
         if r is None or not np.isfinite(r):
             return
         adjust = float(np.sign(r - self.target)) * self.step_size(batch_size)
-        with torch.no_grad():
-            self.p.copy_((self.p + adjust).clamp_min(0))
+        # max(0, p + adjust) in float32, the arithmetic `(p + adjust).clamp_min(0)` does on the
+        # device, computed on the host: p's new value is then known without reading it back.
+        p = misc.host_value(self.p)
+        misc.set_host_value(self.p, max(float(np.float32(p) + np.float32(adjust)), 0.0))
 
     def state_dict(self):
         return dict(target=self.target, speed_kimg=self.speed_kimg)

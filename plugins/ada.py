@@ -3,7 +3,7 @@
 """
 
 from plugins import AdaptiveP, Plugin, register
-from torch_utils import training_stats
+from torch_utils import misc, training_stats
 
 DEFAULT_TARGET = 0.6
 DEFAULT_AUGPIPE = 'bgc'
@@ -27,7 +27,7 @@ def build_augment_pipe(augpipe, device):
     """AugmentPipe for a preset name, in training mode, with p = 0 and no trainable parameters."""
     from training.augment import AugmentPipe, augpipe_specs
     pipe = AugmentPipe(**augpipe_specs[augpipe]).train().requires_grad_(False).to(device)
-    pipe.p.zero_()
+    misc.set_host_value(pipe.p, 0.0)
     return pipe
 
 #----------------------------------------------------------------------------
@@ -46,14 +46,14 @@ class _AugmentBase(Plugin):
         return self.augment_pipe(img)
 
     def report_stats(self):
-        training_stats.report0('Progress/augment', float(self.augment_pipe.p))
+        training_stats.report0('Progress/augment', misc.host_value(self.augment_pipe.p))
 
     def state_for_snapshot(self):
         return dict(p=float(self.augment_pipe.p))
 
     def load_state(self, state):
         if 'p' in state:
-            self.augment_pipe.p.fill_(float(state['p']))
+            misc.set_host_value(self.augment_pipe.p, float(state['p']))
 
 @register('ada')
 class ADA(_AugmentBase):
@@ -125,7 +125,7 @@ class FixedP(_AugmentBase):
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
-        self.augment_pipe.p.fill_(float(opts['p']))
+        misc.set_host_value(self.augment_pipe.p, float(opts['p']))
 
     @classmethod
     def validate(cls, aug, methods, opts):

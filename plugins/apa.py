@@ -7,7 +7,7 @@ import torch
 
 from plugins import AdaptiveP, Option, Plugin, register
 from plugins.ada import ADA_INTERVAL, DEFAULT_AUGPIPE, DEFAULT_TARGET, build_augment_pipe, check_augpipe, check_target
-from torch_utils import training_stats
+from torch_utils import misc, training_stats
 
 REAL_PHASES = ('Dmain', 'Dreg', 'Dboth')    # phases in which D sees the real batch
 GEN_PHASES = ('Gmain', 'Gboth')             # phases whose fakes become the pseudo batch
@@ -70,8 +70,7 @@ class APAPlugin(Plugin):
             self.p = self.augment_pipe.p            # one shared p (APA ref behaviour)
         else:
             self.p = torch.zeros([], device=device)
-        self.p.fill_(0.0 if self.fixed_p is None else float(self.fixed_p))
-        self.p_host = None          # host copy of p, read lazily (a resume may overwrite the pipe's p)
+        misc.set_host_value(self.p, 0.0 if self.fixed_p is None else float(self.fixed_p))
         self.controller = None
         if self.fixed_p is None:
             target = opts.get('target')
@@ -88,9 +87,7 @@ class APAPlugin(Plugin):
     def replace_real_batch(self, real_img, phase):
         if phase not in REAL_PHASES:
             return real_img
-        if self.p_host is None:
-            self.p_host = float(self.p)
-        if self.p_host <= 0:
+        if misc.host_value(self.p) <= 0:      # known on the host unless someone else wrote p
             return real_img
         flags = torch.rand([real_img.shape[0]], device=real_img.device) < self.p
         training_stats.report('APA/replaced_fraction', flags.float())
@@ -112,10 +109,9 @@ class APAPlugin(Plugin):
     def end_of_iteration(self, state, stats):
         if self.controller is not None and state.batch_idx % self.controller.interval == 0:
             self.controller.update(state.batch_idx, state.batch_size)
-            self.p_host = None      # re-read once (the controller changed p on the device)
 
     def report_stats(self):
-        training_stats.report0('Progress/augment', float(self.p))
+        training_stats.report0('Progress/augment', misc.host_value(self.p))
 
     def state_for_snapshot(self):
         return dict(p=float(self.p),
@@ -125,5 +121,4 @@ class APAPlugin(Plugin):
         # Only p is restored: the controller's target and speed come from this run's options
         # (ada_kimg is 100 when resuming).
         if state.get('p') is not None:
-            self.p.fill_(float(state['p']))
-        self.p_host = None
+            misc.set_host_value(self.p, float(state['p']))

@@ -126,17 +126,19 @@ def test_integer_translation_is_a_reflected_shift():
 #----------------------------------------------------------------------------
 # Geometric resampling.
 
-def test_resample_identity_and_integer_shift_are_exact():
+@pytest.mark.parametrize('fit_margin', [True, False])   # padding fitted to the batch / the fixed cap
+def test_resample_identity_and_integer_shift_are_exact(fit_margin):
     pipe = AugmentPipe(scale=1)
     x = torch.randn(2, 3, 16, 12)
     eye = torch.eye(3).repeat(2, 1, 1)
-    assert (pipe._resample(x, eye) - x).abs().max() < 2e-5
+    assert (pipe._resample(x, eye, fit_margin) - x).abs().max() < 2e-5
     shift = eye.clone()
     shift[:, 0, 2], shift[:, 1, 2] = 2, -1                # output(v) = input(v + (2, -1))
-    y = pipe._resample(x, shift)
+    y = pipe._resample(x, shift, fit_margin)
     assert (y[:, :, 3:-3, 3:-3] - x[:, :, 2:-4, 5:-1]).abs().max() < 2e-5
 
-def test_resample_matches_analytic_warp():
+@pytest.mark.parametrize('fit_margin', [True, False])   # padding fitted to the batch / the fixed cap
+def test_resample_matches_analytic_warp(fit_margin):
     """A smooth analytic image warped by rotation + scale + sub-pixel shift against the formula."""
     pipe = AugmentPipe(rotate=1)
     size = 32
@@ -147,19 +149,20 @@ def test_resample_matches_analytic_warp():
     x = image(xx, yy).reshape(1, 1, size, size)
     th, s, t = 0.5, 1.2, (0.3, -0.7)
     G = torch.tensor([[s * math.cos(th), -s * math.sin(th), t[0]], [s * math.sin(th), s * math.cos(th), t[1]], [0, 0, 1]])
-    y = pipe._resample(x, G.unsqueeze(0))[0, 0]
+    y = pipe._resample(x, G.unsqueeze(0), fit_margin)[0, 0]
     u = G[0, 0] * xx + G[0, 1] * yy + G[0, 2]
     v = G[1, 0] * xx + G[1, 1] * yy + G[1, 2]
     inside = (u.abs() < c - 2) & (v.abs() < c - 2)
     assert inside.sum() > 300
     assert (y - image(u, v))[inside].abs().max() < 0.02
 
-def test_resampled_rot90_close_to_exact():
+@pytest.mark.parametrize('fit_margin', [True, False])   # padding fitted to the batch / the fixed cap
+def test_resampled_rot90_close_to_exact(fit_margin):
     # The resampler (not the blit path) gets rotations right up to the filter's asymmetry.
     pipe = AugmentPipe(rotate=1)
     x = smooth_images(2, 3, 32)
     R = torch.tensor([[0., -1, 0], [1, 0, 0], [0, 0, 1]]).repeat(2, 1, 1)
-    y = pipe._resample(x, R)
+    y = pipe._resample(x, R, fit_margin)
     err = min((y - torch.rot90(x, k, dims=(2, 3)))[:, :, 4:-4, 4:-4].abs().max().item() for k in range(4))
     assert err < 0.03 * x.abs().max().item()
 
@@ -366,8 +369,10 @@ def test_forward_scale_matches_analytic_image():
     ref = image(xx / s, yy / s)
     assert (y[:, :, 3:-3, 3:-3] - ref[3:-3, 3:-3]).abs().max() < 0.02
 
-def test_mixed_batch_blit_and_resampled_samples():
+@pytest.mark.parametrize('sync_free', [False, True])
+def test_mixed_batch_blit_and_resampled_samples(sync_free):
     pipe = AugmentPipe(rotate=1)
+    pipe.sync_free = sync_free
     x = smooth_images(3, 3, 16)
     th = 0.5
     rot = torch.tensor([[math.cos(th), -math.sin(th), 0], [math.sin(th), math.cos(th), 0], [0, 0, 1]])
@@ -375,4 +380,4 @@ def test_mixed_batch_blit_and_resampled_samples():
     G = torch.stack([torch.eye(3), rot, flip])
     y = pipe._warp(x, G)
     assert torch.equal(y[0], x[0]) and torch.equal(y[2], x[2].flip(2))
-    assert torch.allclose(y[1:2], pipe._resample(x[1:2], G[1:2]), atol=1e-6)
+    assert torch.allclose(y[1:2], pipe._resample(x[1:2], G[1:2], fit_margin=True), atol=1e-5)

@@ -74,6 +74,19 @@ def test_vector_labels_are_float32(tmp_path):
     np.testing.assert_array_equal(ds[1][1], np.array([2.0, 0.25], np.float32))
 
 
+def test_get_labels_equals_get_label_per_index(tmp_path):
+    """The training loop draws the generator's labels in one get_labels call."""
+    images = random_images(4)
+    idx = [3, 0, 3, 2, 1, 1]
+    for name, labels in [('int.zip', [0, 2, 1, 2]), ('vec.zip', [[0.5, -1.0], [2.0, 0.25], [1, 1], [0, 3]]),
+                         ('none.zip', None)]:
+        ds = ImageFolderDataset(write_dataset(tmp_path / name, images, labels=labels), use_labels=True, xflip=True)
+        idx_x = idx + [len(ds) - 1]                       # an x-flipped copy too
+        out = ds.get_labels(np.array(idx_x))
+        assert out.dtype == np.float32 and out.shape == (len(idx_x), ds.label_dim)
+        np.testing.assert_array_equal(out, np.stack([ds.get_label(i) for i in idx_x]))
+
+
 def test_grayscale_gives_one_channel(tmp_path):
     images = random_images(2, channels=1)
     ds = ImageFolderDataset(write_dataset(tmp_path / 'g.zip', images, labels=None))

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import re
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -47,6 +48,43 @@ def constant(value, shape=None, dtype=None, device=None, memory_format=None):
             tensor = tensor.contiguous(memory_format=memory_format)
         _constant_cache[key] = tensor
     return tensor
+
+#----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# A 0-dim tensor's value known on the host. Reading a CUDA scalar with float() waits for the
+# GPU; a value we wrote ourselves does not have to be read back.
+
+_NUMPY_FLOAT = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+_host_values = dict()   # id(tensor) -> (weak reference, version counter, value)
+
+def host_value(tensor):
+    """float(tensor), remembered together with the tensor's version counter: read from the
+    device (a sync on CUDA) only the first time and after the tensor was changed in place by
+    code that did not go through set_host_value(). Nothing is stored on the tensor itself."""
+    entry = _host_values.get(id(tensor))
+    if entry is not None and entry[0]() is tensor and entry[1] == tensor._version:
+        return entry[2]
+    value = float(tensor)
+    _remember(tensor, value)
+    return value
+
+def set_host_value(tensor, value):
+    """tensor.fill_(value) with the host copy kept, rounded to the tensor's dtype the way the
+    fill rounds it, so that host_value() needs no device read."""
+    with torch.no_grad():
+        tensor.fill_(value)
+    rounding = _NUMPY_FLOAT.get(tensor.dtype)
+    stored = float(rounding(value)) if rounding is not None else float(tensor)
+    _remember(tensor, stored)
+    return stored
+
+def _remember(tensor, value):
+    key = id(tensor)
+    def forget(ref):
+        if _host_values.get(key, (None,))[0] is ref:
+            del _host_values[key]
+    _host_values[key] = (weakref.ref(tensor, forget), tensor._version, value)
 
 #----------------------------------------------------------------------------
 

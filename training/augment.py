@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_utils import persistence
+from torch_utils import misc, persistence
 from torch_utils.ops import grid_sample_gradfix
 from torch_utils.ops import upfirdn2d
 
@@ -84,8 +84,9 @@ def _rotate3d(axis, theta):
     """Rodrigues rotation by theta [N] about the unit 3-vector `axis` (python floats)."""
     ax, ay, az = axis
     device = theta.device
-    cross = torch.tensor([[0, -az, ay], [az, 0, -ax], [-ay, ax, 0]], device=device)
-    outer = torch.tensor([[ax * ax, ax * ay, ax * az], [ay * ax, ay * ay, ay * az], [az * ax, az * ay, az * az]], device=device)
+    cross = misc.constant([[0, -az, ay], [az, 0, -ax], [-ay, ax, 0]], dtype=torch.float32, device=device)
+    outer = misc.constant([[ax * ax, ax * ay, ax * az], [ay * ax, ay * ay, ay * az], [az * ax, az * ay, az * az]],
+                          dtype=torch.float32, device=device)
     c = theta.cos().reshape(-1, 1, 1)
     s = theta.sin().reshape(-1, 1, 1)
     m = _eye(4, theta.shape[0], device)
@@ -146,6 +147,11 @@ class AugmentPipe(torch.nn.Module):
     Keyword names are those of stylegan2-ada-pytorch: each group strength (0 = off, 1 = on) is
     multiplied by the buffer `p` to give the per-sample probability.
     """
+    # Geometric warps without host reads (every sample resampled, fixed padding): None = on
+    # accelerators, where a host read stalls the device queue; off on the CPU, where the read
+    # is free and resampling only the samples that need it is faster. True / False forces it.
+    sync_free = None
+
     def __init__(self,
         xflip=0, rotate90=0, xint=0, xint_max=0.125,
         scale=0, rotate=0, aniso=0, xfrac=0, scale_std=0.2, rotate_max=1, aniso_std=0.2, xfrac_std=0.125,
@@ -225,7 +231,7 @@ class AugmentPipe(torch.nn.Module):
         N, C, H, W = images.shape
         if C not in (1, 3):
             raise ValueError(f'AugmentPipe supports 1- or 3-channel images, got {C} channels')
-        if debug_percentile is None and float(self.p) == 0:
+        if debug_percentile is None and misc.host_value(self.p) == 0:     # no device read: see set_host_value
             return images
         self._debug = None if debug_percentile is None else float(debug_percentile)
         try:
@@ -273,8 +279,8 @@ class AugmentPipe(torch.nn.Module):
         if self.rotate90 > 0:
             k = torch.floor(self._uniform([N], device) * 4)
             k = torch.where(self._fires(self.rotate90 * self.p, N, device), k, zero).long()
-            cos = torch.tensor([1., 0., -1., 0.], device=device)[k]   # exact, so the result stays a blit
-            sin = torch.tensor([0., 1., 0., -1.], device=device)[k]
+            cos = misc.constant([1., 0., -1., 0.], dtype=torch.float32, device=device)[k]   # exact, so the result stays a blit
+            sin = misc.constant([0., 1., 0., -1.], dtype=torch.float32, device=device)[k]
             G = G @ _rotate2d(cos, -sin)
         if self.xint > 0:
             t = (self._uniform([N, 2], device) * 2 - 1) * self.xint_max
@@ -309,7 +315,7 @@ class AugmentPipe(torch.nn.Module):
     def _as_blit(G_inv, H, W):
         """For each sample: is the transform a pixel permutation? Returns (mask [N], A [N,2,2] long, o [N,2] long)
         such that source index = A @ (x, y) + o."""
-        c = torch.tensor([(W - 1) / 2, (H - 1) / 2], device=G_inv.device, dtype=G_inv.dtype)
+        c = misc.constant([(W - 1) / 2, (H - 1) / 2], device=G_inv.device, dtype=G_inv.dtype)
         A = G_inv[:, :2, :2]
         o = G_inv[:, :2, 2] + c - A @ c
         A_int, o_int = A.round(), o.round()
@@ -332,13 +338,20 @@ class AugmentPipe(torch.nn.Module):
         N, C, H, W = images.shape
         is_blit, A, o = self._as_blit(G_inv, H, W)
         out = self._blit(images, A, o)
+        if self._sync_free(images.device):
+            # Every sample is resampled and the mask picks: resampling only the non-blit samples
+            # needs their indices on the host, a device sync.
+            return torch.where(is_blit.reshape(N, 1, 1, 1), out, self._resample(images, G_inv, fit_margin=False))
         resample = (~is_blit).nonzero().squeeze(1)
         if resample.numel() > 0:
-            warped = self._resample(images.index_select(0, resample), G_inv.index_select(0, resample))
+            warped = self._resample(images.index_select(0, resample), G_inv.index_select(0, resample), fit_margin=True)
             out = out.index_copy(0, resample, warped)
         return out
 
-    def _resample(self, images, G_inv):
+    def _sync_free(self, device):
+        return self.sync_free if self.sync_free is not None else device.type != 'cpu'
+
+    def _resample(self, images, G_inv, fit_margin):
         """Warp [N, C, H, W] by G_inv: reflect pad, 2x upsample (sym6), bilinear sample, 2x downsample, crop.
 
         Bookkeeping in centred pixel coordinates u of the input (u = index - (size-1)/2). With d the
@@ -346,6 +359,11 @@ class AugmentPipe(torch.nn.Module):
         upsampled position 2k + d and the downsample (correlation with f, no padding) reads output
         pixel i around sample 2i + d. Since f is orthonormal, f convolved with its reverse is
         half-band, so identity and integer-shift warps are exact whatever d is.
+
+        The reflect padding covers every input position the samples reach (capped at size - 1,
+        as far as reflection goes). With fit_margin it is fitted to this batch's transforms, which
+        needs the bounds on the host; otherwise it is the cap for every batch (more pixels to
+        upsample, no device sync). Both give the same image up to rounding.
         """
         N, C, H, W = images.shape
         f = self.Hz_geom
@@ -353,19 +371,19 @@ class AugmentPipe(torch.nn.Module):
         d = self._geom_delay
         cx, cy = (W - 1) / 2, (H - 1) / 2
         HS, WS = 2 * H + L - 2, 2 * W + L - 2          # sampled grid; a valid downsample makes it [H, W]
-
-        # The sampled grid in output coordinates spans v = (m - d) / 2 - c for m in [0, size).
-        lo_x, hi_x = -d / 2 - cx, (WS - 1 - d) / 2 - cx
-        lo_y, hi_y = -d / 2 - cy, (HS - 1 - d) / 2 - cy
-        corners = torch.tensor([[lo_x, lo_y, 1], [hi_x, lo_y, 1], [hi_x, hi_y, 1], [lo_x, hi_y, 1]],
-            device=images.device, dtype=G_inv.dtype)
-        src = G_inv @ corners.t()                                     # [N, 3, 4]
-        reach = L / 4                                                 # input pixels read by the upsampler per side
-        margin = torch.stack([-src[:, 0].min() - cx, -src[:, 1].min() - cy,
-                               src[:, 0].max() - cx, src[:, 1].max() - cy]) + reach
-        margin = margin.clamp(min=0)
-        margin = torch.minimum(margin, torch.tensor([W - 1, H - 1, W - 1, H - 1], device=margin.device, dtype=margin.dtype))
-        px0, py0, px1, py1 = [int(v) for v in margin.ceil().tolist()]
+        px0, py0, px1, py1 = W - 1, H - 1, W - 1, H - 1
+        if fit_margin:
+            # The sampled grid in output coordinates spans v = (m - d) / 2 - c for m in [0, size).
+            lo_x, hi_x = -d / 2 - cx, (WS - 1 - d) / 2 - cx
+            lo_y, hi_y = -d / 2 - cy, (HS - 1 - d) / 2 - cy
+            corners = misc.constant([[lo_x, lo_y, 1], [hi_x, lo_y, 1], [hi_x, hi_y, 1], [lo_x, hi_y, 1]],
+                                    device=images.device, dtype=G_inv.dtype)
+            src = G_inv @ corners.t()                                 # [N, 3, 4]
+            reach = L / 4                                             # input pixels read by the upsampler per side
+            margin = torch.stack([-src[:, 0].min() - cx, -src[:, 1].min() - cy,
+                                   src[:, 0].max() - cx, src[:, 1].max() - cy]) + reach
+            margin = margin.clamp(min=0).ceil().tolist()
+            px0, py0, px1, py1 = [min(int(m), cap) for m, cap in zip(margin, [px0, py0, px1, py1])]
         images = F.pad(images, [px0, px1, py0, py1], mode='reflect')
 
         images = upfirdn2d.upfirdn2d(images, f, up=2, padding=[L - 1] * 4, gain=4)
@@ -373,10 +391,10 @@ class AugmentPipe(torch.nn.Module):
 
         # Per-sample affine map: grid index m -> output coords v -> input coords u -> upsampled
         # index j = 2 (u + pad + c) + d -> grid_sample's normalised coordinate (2j + 1) / size - 1.
-        grid_to_v = torch.tensor([[0.5, 0, -d / 2 - cx], [0, 0.5, -d / 2 - cy], [0, 0, 1]], device=images.device, dtype=G_inv.dtype)
-        u_to_norm = torch.tensor([[4 / WU, 0, (4 * (px0 + cx) + 2 * d + 1) / WU - 1],
-                                  [0, 4 / HU, (4 * (py0 + cy) + 2 * d + 1) / HU - 1], [0, 0, 1]],
-                                 device=images.device, dtype=G_inv.dtype)
+        grid_to_v = misc.constant([[0.5, 0, -d / 2 - cx], [0, 0.5, -d / 2 - cy], [0, 0, 1]], device=images.device, dtype=G_inv.dtype)
+        u_to_norm = misc.constant([[4 / WU, 0, (4 * (px0 + cx) + 2 * d + 1) / WU - 1],
+                                   [0, 4 / HU, (4 * (py0 + cy) + 2 * d + 1) / HU - 1], [0, 0, 1]],
+                                  device=images.device, dtype=G_inv.dtype)
         M = u_to_norm @ G_inv @ grid_to_v                                # [N, 3, 3]
         ys, xs = torch.meshgrid(torch.arange(HS, device=images.device, dtype=G_inv.dtype),
                                 torch.arange(WS, device=images.device, dtype=G_inv.dtype), indexing='ij')
@@ -443,7 +461,7 @@ class AugmentPipe(torch.nn.Module):
     def _band_gains(self, N, device):
         """Per-sample gain of each band [N, 4], renormalised after each change to keep the expected power."""
         num_bands = self.Hz_fbank.shape[0]
-        prior = torch.tensor([10., 1., 1., 1.], device=device) / 13
+        prior = misc.constant(np.array([10., 1., 1., 1.]) / 13, dtype=torch.float32, device=device)
         g = torch.ones([N, num_bands], device=device)
         for i, band_strength in enumerate(self.imgfilter_bands):
             t_i = torch.exp2(self._normal([N], device) * self.imgfilter_std)

@@ -141,6 +141,16 @@ class Dataset(torch.utils.data.Dataset):
             return onehot
         return label.copy()
 
+    def get_labels(self, indices):
+        """float32 [len(indices), label_dim]: get_label of each index, in one numpy operation."""
+        indices = np.asarray(indices, dtype=np.int64)
+        raw = self._get_raw_labels()[self._raw_idx[indices]]
+        if raw.dtype == np.int64:
+            out = np.zeros([len(indices)] + list(self.label_shape), dtype=np.float32)
+            out[np.arange(len(indices)), raw] = 1
+            return out
+        return raw.astype(np.float32, copy=True)
+
     def get_details(self, idx):
         """EasyDict(raw_idx, xflip, raw_label) for item `idx`."""
         return EasyDict(raw_idx=int(self._raw_idx[idx]), xflip=bool(self._xflip[idx]),

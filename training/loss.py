@@ -60,18 +60,19 @@ class StyleGAN2Loss:
     def _mix_styles(self, z, c, ws):
         """With probability style_mixing_prob, take ws[:, cutoff:] from a second latent.
 
-        The coin and the cutoff (uniform in [1, num_ws)) are drawn from the CPU generator so
-        no device sync is needed and runs are reproducible from the seed.
+        The coin and the cutoff (uniform in [1, num_ws)) are drawn on the device and applied
+        with a mask, so nothing is read back to the host; the second mapping pass runs every
+        time and is masked out when the coin says no.
         """
         num_ws = ws.shape[1]
         if self.style_mixing_prob <= 0 or num_ws < 2:
             return ws
-        mix = float(torch.rand([])) < self.style_mixing_prob
-        cutoff = int(torch.randint(1, num_ws, []))
-        if not mix:
-            return ws
+        cutoff = torch.randint(1, num_ws, [], device=ws.device)
+        mix = torch.rand([], device=ws.device) < self.style_mixing_prob
+        cutoff = torch.where(mix, cutoff, torch.full_like(cutoff, num_ws))
         ws2 = self.G.mapping(torch.randn_like(z), c, skip_w_avg_update=True)
-        return torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
+        tail = torch.arange(num_ws, device=ws.device).reshape(1, num_ws, 1) >= cutoff
+        return torch.where(tail, ws2, ws)
 
     def run_G(self, z, c, **synthesis_kwargs):
         """z: [N, z_dim], c: [N, c_dim] -> (img [N, C, H, W] in ~[-1, 1], ws [N, num_ws, w_dim], extra tuple)."""

@@ -524,8 +524,7 @@ def fetch_inputs(training_set_iterator, training_set, num_phases, batch_per_rank
     real_img = (real_img.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1).split(batch_gpu)
     real_c = real_c.to(device, non_blocking=True).split(batch_gpu)
     all_gen_z = torch.randn([num_phases, batch_per_rank, z_dim], device=device)
-    all_gen_c = [training_set.get_label(np.random.randint(len(training_set))) for _ in range(num_phases * batch_per_rank)]
-    all_gen_c = torch.from_numpy(np.stack(all_gen_c))
+    all_gen_c = torch.from_numpy(training_set.get_labels(np.random.randint(len(training_set), size=num_phases * batch_per_rank)))
     if device.type == 'cuda':
         all_gen_c = all_gen_c.pin_memory()
     all_gen_c = all_gen_c.to(device, non_blocking=True).reshape(num_phases, batch_per_rank, -1)

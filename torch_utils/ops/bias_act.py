@@ -145,7 +145,6 @@ def _bias_act_cuda(dim=1, act='linear', alpha=None, gain=None, clamp=None):
     use_y = spec.ref == 'y' or (spec.ref == '' and clamp >= 0)
     use_x = spec.ref == 'x'
     keep_x = use_x or spec.has_2nd_grad
-    empty = torch.empty([0])
 
     def reduce_bias(t):
         return t.sum([i for i in range(t.ndim) if i != dim])
@@ -154,12 +153,12 @@ def _bias_act_cuda(dim=1, act='linear', alpha=None, gain=None, clamp=None):
         @staticmethod
         def forward(ctx, x, b):
             plugin = _load_plugin()
-            bb = b.contiguous() if b is not None else empty.to(x)
+            bb = b.contiguous() if b is not None else x.new_empty([0])
             y = plugin.forward(_make_dense(x), bb, dim, spec.cuda_idx, alpha, gain, clamp)
             # Save the caller's x and b (not copies) so double backward routes to them.
-            ctx.save_for_backward(x if keep_x else empty.to(x),
-                                  b if (keep_x and b is not None) else empty.to(x),
-                                  y if use_y else empty.to(x))
+            ctx.save_for_backward(x if keep_x else x.new_empty([0]),
+                                  b if (keep_x and b is not None) else x.new_empty([0]),
+                                  y if use_y else x.new_empty([0]))
             ctx.has_bias = b is not None
             return y
 
@@ -179,9 +178,9 @@ def _bias_act_cuda(dim=1, act='linear', alpha=None, gain=None, clamp=None):
             plugin = _load_plugin()
             ref = y if y.numel() else (_make_dense(x) if x.numel() else _make_dense(dy))
             kdy, kx, ky = _dense_like(ref, dy, x, y)
-            dx = plugin.grad(kdy, kx if use_x else empty.to(dy), b.contiguous() if use_x else empty.to(dy),
-                             ky if use_y else empty.to(dy), dim, spec.cuda_idx, alpha, gain, clamp, 1)
-            ctx.save_for_backward(dy if spec.has_2nd_grad else empty.to(dy), x, b, y)
+            dx = plugin.grad(kdy, kx if use_x else dy.new_empty([0]), b.contiguous() if use_x else dy.new_empty([0]),
+                             ky if use_y else dy.new_empty([0]), dim, spec.cuda_idx, alpha, gain, clamp, 1)
+            ctx.save_for_backward(dy if spec.has_2nd_grad else dy.new_empty([0]), x, b, y)
             return dx
 
         @staticmethod
@@ -194,8 +193,8 @@ def _bias_act_cuda(dim=1, act='linear', alpha=None, gain=None, clamp=None):
                 plugin = _load_plugin()
                 ref = y if y.numel() else _make_dense(x)
                 g, kx, ky = _dense_like(ref, d_dx * dy, x, y)
-                d_x = plugin.grad(g, kx if use_x else empty.to(g), b.contiguous() if use_x else empty.to(g),
-                                  ky if use_y else empty.to(g), dim, spec.cuda_idx, alpha, gain, clamp, 2)
+                d_x = plugin.grad(g, kx if use_x else g.new_empty([0]), b.contiguous() if use_x else g.new_empty([0]),
+                                  ky if use_y else g.new_empty([0]), dim, spec.cuda_idx, alpha, gain, clamp, 2)
                 if ctx.needs_input_grad[2] and b.numel():
                     d_b = reduce_bias(d_x)
             return d_dy, d_x, d_b, None
