@@ -127,7 +127,7 @@ def load_training_set(data, labels, cond, mirror, subset, seed):
         kwargs.xflip = True
     return kwargs, name, kwargs.max_size
 
-def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed):
+def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed, batch_gpu=None):
     """Network / optimizer / loss config from the --cfg preset and the overrides."""
     if cfg not in CFG_SPECS:
         raise click.UsageError(f'unknown --cfg "{cfg}"; choose one of: {", ".join(CFG_SPECS)}')
@@ -154,6 +154,11 @@ def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed):
         c.batch_gpu = batch // gpus
     if c.batch_size % gpus != 0:
         raise click.UsageError(f'the batch of --cfg={cfg} ({c.batch_size}) is not divisible by --gpus={gpus}; set --batch')
+    if batch_gpu is not None:
+        if batch_gpu < 1 or (c.batch_size // gpus) % batch_gpu != 0:
+            raise click.UsageError(f'--batch-gpu={batch_gpu} must divide the per-GPU batch {c.batch_size // gpus} '
+                                   f'(--batch={c.batch_size} over --gpus={gpus})')
+        c.batch_gpu = batch_gpu
     c.batch_gpu = min(c.batch_gpu, c.batch_size // gpus)
     while (c.batch_size // gpus) % c.batch_gpu != 0:
         c.batch_gpu -= 1
@@ -423,7 +428,8 @@ def main(**kw):
         raise click.UsageError('--freezed must be 0 or more')
 
     training_set_kwargs, dataset_name, num_images = load_training_set(kw.data, kw.labels, kw.cond, kw.mirror, kw.subset, kw.seed)
-    c = make_config(kw.gpus, kw.batch, kw.cfg, kw.gamma, kw.kimg, kw.snap, kw.tick, training_set_kwargs.resolution, kw.seed)
+    c = make_config(kw.gpus, kw.batch, kw.cfg, kw.gamma, kw.kimg, kw.snap, kw.tick, training_set_kwargs.resolution, kw.seed,
+                    batch_gpu=kw.batch_gpu)
     c.training_set_kwargs = training_set_kwargs
     c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=kw.workers, prefetch_factor=2)
     active, opts = configure_methods(kw, c)
@@ -458,6 +464,8 @@ def build_cli():
         click.Option(['--data'], help='Training data (directory or zip)', metavar='PATH'),
         click.Option(['--gpus'], help='Number of GPUs (processes) to use [default: 1]', type=int, default=1, metavar='INT'),
         click.Option(['--batch'], help='Override batch size', type=int, metavar='INT'),
+        click.Option(['--batch-gpu', 'batch_gpu'], help='Images per GPU per accumulation round [default: from --cfg]; '
+                     'larger is faster where memory allows (same batch, fewer rounds)', type=int, metavar='INT'),
         click.Option(['--cfg'], help='Base config [default: auto]', type=click.Choice(list(CFG_SPECS)), default='auto'),
         click.Option(['--gamma'], help='Override R1 gamma', type=float),
         click.Option(['--kimg'], help='Override training duration', type=float, metavar='KIMG'),

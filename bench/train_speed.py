@@ -1,18 +1,24 @@
 """Training speed of the real loop (train.py config -> training_loop) on a synthetic dataset.
 
-Every iteration is one tick; a progress_fn records each iteration's wall time (without the
-logging done between ticks) and its per-phase times (synchronised). The first iteration and
---warmup more are dropped. Prints sec/kimg, images/s, peak GPU memory and each phase's share
-of the iteration time (the rest is data loading, latents, EMA and plugin hooks).
+Throughput: 1 + --warmup iterations, then --iters measured iterations timed as one block
+(one device synchronisation at each end, none in between, so the host queues work ahead as
+in a real run; there are no ticks inside the block). Prints sec/kimg, images/s and the peak
+GPU memory of the whole run. Phase shares come from a second, shorter run that synchronises
+around every phase (Gmain, Greg, Dmain, Dreg), which costs time of its own, so its
+shares are reported but not its speed; --no-phases skips it.
 
     python bench/train_speed.py --runs=cifar:32,auto:64,paper256:256 --augs=noaug,ada,fixed0.3
+    python bench/train_speed.py --runs=cifar:32 --augs=fixed0.3 --sync-free=off       # one lever off
+    python bench/train_speed.py --runs=paper256:256 --train-args="--batch-gpu=32"     # any train.py option
     python bench/train_speed.py --runs=tiny:16 --augs=noaug,ada --iters=3 --warmup=1 --workers=0   # CPU smoke test
 """
 
 import json
 import os
+import shlex
 import sys
 import tempfile
+import time
 import zipfile
 
 import click
@@ -79,39 +85,92 @@ def summarize(ticks, warmup):
                 phase_share={k: v / sec for k, v in phase_sec.items()},
                 phase_sec_per_iter={k: v / len(measured) for k, v in phase_sec.items()})
 
-def run_one(cfg, res, aug, iters, warmup, batch, workers, workdir):
-    """Train 1 + warmup + iters iterations and summarise the last iters. (The loop's first
-    iteration runs both regularisers; Greg then runs every 4th and Dreg every 16th iteration.)"""
+def build_config(cfg, res, aug, batch, workers, workdir, train_args, iterations):
     data = os.path.join(workdir, f'synthetic-{res}.zip')
     if not os.path.exists(data):
         make_synthetic_zip(data, res, num_images=256)
     args = [f'--outdir={os.path.join(workdir, "runs")}', f'--data={data}', f'--cfg={cfg}', '--metrics=none',
-            f'--workers={workers}', '--dry-run', *aug_args(aug)]
+            f'--workers={workers}', '--dry-run', *aug_args(aug), *train_args]
     if batch is not None:
         args.append(f'--batch={batch}')
     c = train.build_cli().main(args, standalone_mode=False)
-    c.total_kimg = (1 + warmup + iters) * c.batch_size / 1000
-    c.kimg_per_tick = c.batch_size / 1000 * 0.999   # one tick per iteration
+    c.total_kimg = iterations * c.batch_size / 1000
     c.image_snapshot_ticks = c.network_snapshot_ticks = None
-    c.sync_timing = True
+    return c
+
+def _sync(device):
+    import torch
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+class BlockTimer:
+    """iteration_fn for training_loop: wall time from the start of iteration `first` to the
+    start of iteration `first + count`, with a device synchronisation only at those two points."""
+    def __init__(self, first, count):
+        import torch
+        self.first, self.count = first, count
+        self.device = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
+        self.start = self.sec = None
+
+    def __call__(self, batch_idx):
+        if batch_idx == self.first:
+            _sync(self.device)
+            self.start = time.perf_counter()
+        elif batch_idx == self.first + self.count:
+            _sync(self.device)
+            self.sec = time.perf_counter() - self.start
+
+def peak_gpu_mem_gb():
+    import torch
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+def run_one(cfg, res, aug, iters, warmup, batch, workers, workdir, train_args, phases):
+    """Time `iters` iterations after 1 + warmup (the first runs both regularisers; Greg then runs
+    every 4th and Dreg every 16th iteration), then optionally measure the phase shares."""
+    import gc
+    import torch
+    first = 1 + warmup
+    gc.collect()
+    c = build_config(cfg, res, aug, batch, workers, workdir, train_args, first + iters + 1)
+    c.kimg_per_tick = 1e9                  # ticks only after the first and the last iteration
     train.make_run_dir(c)
-    recorder = TickRecorder()
-    c.progress_fn = recorder
+    timer = BlockTimer(first, iters)
+    c.iteration_fn = timer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     train.run_worker(0, c, None)
-    out = summarize(recorder.ticks, 1 + warmup)
-    out.update(cfg=cfg, resolution=res, aug=aug, batch=c.batch_size, batch_gpu=c.batch_gpu)
+    out = dict(cfg=cfg, resolution=res, aug=aug, batch=c.batch_size, batch_gpu=c.batch_gpu, iterations=iters,
+               sec_per_kimg=timer.sec / (iters * c.batch_size / 1000),
+               images_per_sec=iters * c.batch_size / timer.sec, peak_gpu_mem_gb=peak_gpu_mem_gb())
+    if phases:
+        c = build_config(cfg, res, aug, batch, workers, workdir, train_args, first + iters)
+        c.kimg_per_tick = c.batch_size / 1000 * 0.999   # one tick per iteration
+        c.sync_timing = True
+        train.make_run_dir(c)
+        recorder = TickRecorder()
+        c.progress_fn = recorder
+        train.run_worker(0, c, None)
+        shares = summarize(recorder.ticks, first)
+        out.update(phase_share=shares['phase_share'], phase_sec_per_iter=shares['phase_sec_per_iter'])
     return out
 
 @click.command()
 @click.option('--runs', default='cifar:32,auto:64,paper256:256', show_default=True, help='Comma list of cfg:resolution')
-@click.option('--augs', default='noaug,ada', show_default=True, help='Comma list of noaug / ada / fixedP (e.g. fixed0.3)')
+@click.option('--augs', default='noaug,fixed0.3', show_default=True, help='Comma list of noaug / ada / fixedP (e.g. fixed0.3)')
 @click.option('--iters', default=20, show_default=True, help='Measured iterations per run')
 @click.option('--warmup', default=5, show_default=True, help='Iterations dropped before measuring')
 @click.option('--batch', type=int, default=None, help='Override the preset batch')
 @click.option('--workers', default=3, show_default=True, help='DataLoader workers')
+@click.option('--train-args', default='', help='Extra train.py options for every run, e.g. "--fp32=1 --batch-gpu=64"')
+@click.option('--sync-free', type=click.Choice(['auto', 'on', 'off']), default='auto', show_default=True,
+              help='AugmentPipe.sync_free: the geometric warp without host reads (auto = on for CUDA)')
+@click.option('--phases/--no-phases', default=True, show_default=True, help='Also measure the phase shares (second run)')
 @click.option('--json', 'as_json', is_flag=True, help='Print one JSON object per run instead of a table')
-def main(runs, augs, iters, warmup, batch, workers, as_json):
+def main(runs, augs, iters, warmup, batch, workers, train_args, sync_free, phases, as_json):
     """Benchmark the training loop."""
+    from training.augment import AugmentPipe
+    AugmentPipe.sync_free = dict(auto=None, on=True, off=False)[sync_free]
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for spec in train.parse_comma_list(runs):
@@ -121,13 +180,13 @@ def main(runs, augs, iters, warmup, batch, workers, as_json):
                 import io
                 log = io.StringIO()
                 with contextlib.redirect_stdout(log):
-                    r = run_one(cfg, int(res or 32), aug, iters, warmup, batch, workers, workdir)
+                    r = run_one(cfg, int(res or 32), aug, iters, warmup, batch, workers, workdir, shlex.split(train_args), phases)
                 results.append(r)
                 if as_json:
                     print(json.dumps(r), flush=True)
                 else:
-                    shares = ' '.join(f'{k} {v * 100:.0f}%' for k, v in r['phase_share'].items())
-                    print(f"{cfg:>9s} {r['resolution']:>4d}px {aug:>9s} batch {r['batch']:>3d}: "
+                    shares = ' '.join(f'{k} {v * 100:.0f}%' for k, v in r.get('phase_share', {}).items())
+                    print(f"{cfg:>9s} {r['resolution']:>4d}px {aug:>9s} batch {r['batch']:>3d}/{r['batch_gpu']:<3d}: "
                           f"{r['sec_per_kimg']:8.2f} sec/kimg {r['images_per_sec']:8.1f} img/s "
                           f"peak {r['peak_gpu_mem_gb']:.2f} GiB | {shares}", flush=True)
     return results

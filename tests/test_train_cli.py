@@ -54,6 +54,7 @@ def bad_input_cases(tmp_path, data):
         ([f'--data={unlabelled}', '--cond=1'], '--cond=True needs labels'),
         ([f'--data={data}', '--gpus=2', '--batch=7'], '--batch=7 must be a positive multiple of --gpus=2'),
         ([f'--data={data}', '--gpus=3'], '--gpus=3 must be a power of two'),
+        ([f'--data={data}', '--batch=8', '--batch-gpu=3'], '--batch-gpu=3 must divide the per-GPU batch 8'),
         ([f'--data={data}', '--cfg=huge'], "Invalid value for '--cfg'"),
         ([f'--data={data}', '--aug=magic'], 'unknown --aug "magic"'),
         ([f'--data={data}', '--method=magic'], 'unknown --method "magic"'),
@@ -86,6 +87,15 @@ def test_metric_labels_select_the_metric_label_file(tmp_path, data):
     assert c.training_set_kwargs.get('label_file') is None       # training labels unchanged
     c = train.build_cli().main(base, standalone_mode=False)
     assert c.metric_set_kwargs is None                            # metrics use the training set
+
+def test_batch_gpu_sets_the_accumulation_round(tmp_path, data):
+    base = [f'--outdir={tmp_path}', f'--data={data}', '--cfg=cifar', '--metrics=none', '--dry-run']
+    c = train.build_cli().main(base, standalone_mode=False)
+    assert (c.batch_size, c.batch_gpu) == (64, 32)                # the preset: two rounds of 32 on one GPU
+    c = train.build_cli().main(base + ['--batch-gpu=64'], standalone_mode=False)
+    assert (c.batch_size, c.batch_gpu) == (64, 64)                # one round
+    c = train.build_cli().main(base + ['--batch-gpu=16'], standalone_mode=False)
+    assert (c.batch_size, c.batch_gpu) == (64, 16)
 
 def test_help_groups_plugin_options():
     result = CliRunner().invoke(train.build_cli(), ['--help'])

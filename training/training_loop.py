@@ -245,7 +245,8 @@ def training_loop(
     cudnn_benchmark         = True,     # torch.backends.cudnn.benchmark.
     allow_tf32              = False,    # TF32 for matmul and convolutions.
     sync_timing             = False,    # Synchronise around phases for exact per-phase times (benchmarks).
-    abort_fn                = None,     # Called once per iteration: stop training when it returns True.
+    abort_fn                = None,     # Called once per tick: stop training when it returns True.
+    iteration_fn            = None,     # Called at the start of every iteration: iteration_fn(batch_idx) (benchmarks).
     progress_fn             = None,     # Called once per tick: progress_fn(cur_nimg, total_nimg).
     options                 = None,     # The resolved training config, stored in snapshots.
 ):
@@ -333,6 +334,8 @@ def training_loop(
                             batch_gpu=batch_gpu, G=G, D=D, G_ema=G_ema, phases=phases)
     done = cur_nimg >= total_nimg
     while not done:
+        if iteration_fn is not None:
+            iteration_fn(batch_idx)
         state.update(cur_nimg=cur_nimg, batch_idx=batch_idx, cur_tick=cur_tick)
         plugins.on_iteration_start(state)
 
