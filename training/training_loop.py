@@ -139,21 +139,21 @@ def prune_snapshots(run_dir, keep):
         os.remove(path)
 
 def sanitize_and_reduce_grads(params, num_gpus):
-    """Average gradients over ranks (data parallelism) and replace NaN -> 0, +-inf -> +-1e5."""
+    """Average gradients over ranks (data parallelism) and replace NaN -> 0, +-inf -> +-1e5.
+
+    All gradients go through one flat buffer (one all-reduce, one nan_to_num launch instead of
+    one per tensor) and come back as views of it.
+    """
     params = [p for p in params if p.grad is not None and p.numel() > 0]
     if len(params) == 0:
         return
+    flat = torch.cat([p.grad.flatten() for p in params])
     if num_gpus > 1:
-        flat = torch.cat([p.grad.flatten() for p in params])
         torch.distributed.all_reduce(flat)
         flat /= num_gpus
-        torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
-        grads = flat.split([p.numel() for p in params])
-        for p, g in zip(params, grads):
-            p.grad.copy_(g.reshape(p.shape))
-    else:
-        for p in params:
-            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+    torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = g.reshape(p.shape)
 
 def broadcast_module(module):
     """Make every rank start from rank 0's parameters and buffers."""
@@ -203,8 +203,9 @@ def update_ema(G, G_ema, cur_nimg, batch_size, ema_kimg, ema_rampup):
         if ema_params:   # p_ema + (1 - beta) * (p - p_ema) == lerp(p, p_ema, beta), one fused launch per group
             torch._foreach_lerp_(ema_params, src_params, 1 - ema_beta)
         buffers = dict(G.named_buffers())
-        for name, b_ema in G_ema.named_buffers():
-            b_ema.copy_(buffers[name])
+        ema_buffers = [b for _name, b in G_ema.named_buffers()]
+        if ema_buffers:
+            torch._foreach_copy_(ema_buffers, [buffers[name] for name, _b in G_ema.named_buffers()])
     return ema_beta
 
 #----------------------------------------------------------------------------
