@@ -36,8 +36,9 @@ def python_invocations():
     return result
 
 def click_command(script):
-    sys.path.insert(0, ROOT)
-    module = __import__(script[:-3])
+    folder, name = os.path.split(script)
+    sys.path.insert(0, os.path.join(ROOT, folder))
+    module = __import__(name[:-3])
     if script == 'train.py':
         return module.build_cli()
     return [obj for obj in vars(module).values() if obj.__class__.__module__.startswith('click') and hasattr(obj, 'params')][0]
