@@ -50,8 +50,6 @@ def constant(value, shape=None, dtype=None, device=None, memory_format=None):
     return tensor
 
 #----------------------------------------------------------------------------
-
-#----------------------------------------------------------------------------
 # A 0-dim tensor's value known on the host. Reading a CUDA scalar with float() waits for the
 # GPU; a value we wrote ourselves does not have to be read back.
 

@@ -391,10 +391,13 @@ class AugmentPipe(torch.nn.Module):
 
         # Per-sample affine map: grid index m -> output coords v -> input coords u -> upsampled
         # index j = 2 (u + pad + c) + d -> grid_sample's normalised coordinate (2j + 1) / size - 1.
-        grid_to_v = misc.constant([[0.5, 0, -d / 2 - cx], [0, 0.5, -d / 2 - cy], [0, 0, 1]], device=images.device, dtype=G_inv.dtype)
-        u_to_norm = misc.constant([[4 / WU, 0, (4 * (px0 + cx) + 2 * d + 1) / WU - 1],
-                                   [0, 4 / HU, (4 * (py0 + cy) + 2 * d + 1) / HU - 1], [0, 0, 1]],
+        grid_to_v = misc.constant([[0.5, 0, -d / 2 - cx], [0, 0.5, -d / 2 - cy], [0, 0, 1]],
                                   device=images.device, dtype=G_inv.dtype)
+        u_to_norm = [[4 / WU, 0, (4 * (px0 + cx) + 2 * d + 1) / WU - 1],
+                     [0, 4 / HU, (4 * (py0 + cy) + 2 * d + 1) / HU - 1], [0, 0, 1]]
+        # A fitted margin changes per batch (and is on the host already): no cache entry per margin.
+        make = torch.tensor if fit_margin else misc.constant
+        u_to_norm = make(u_to_norm, device=images.device, dtype=G_inv.dtype)
         M = u_to_norm @ G_inv @ grid_to_v                                # [N, 3, 3]
         ys, xs = torch.meshgrid(torch.arange(HS, device=images.device, dtype=G_inv.dtype),
                                 torch.arange(WS, device=images.device, dtype=G_inv.dtype), indexing='ij')

@@ -134,15 +134,10 @@ class Dataset(torch.utils.data.Dataset):
 
     def get_label(self, idx):
         """float32 [label_dim]: one-hot for integer labels, the stored vector otherwise."""
-        label = self._get_raw_labels()[self._raw_idx[idx]]
-        if label.dtype == np.int64:
-            onehot = np.zeros(self.label_shape, dtype=np.float32)
-            onehot[label] = 1
-            return onehot
-        return label.copy()
+        return self.get_labels([idx])[0]
 
     def get_labels(self, indices):
-        """float32 [len(indices), label_dim]: get_label of each index, in one numpy operation."""
+        """float32 [len(indices), label_dim]: the label of each index (see get_label), in one numpy operation."""
         indices = np.asarray(indices, dtype=np.int64)
         raw = self._get_raw_labels()[self._raw_idx[indices]]
         if raw.dtype == np.int64:
