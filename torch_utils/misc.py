@@ -1,12 +1,13 @@
 """Small PyTorch helpers used across networks, training loop and metrics.
 
-The names are those stylegan2-ada-pytorch's network code calls (`misc.assert_shape`,
-`misc.constant`, `misc.profiled_function`, ...), so the source embedded in its pickles runs
-against this module.
+Network pickles written by stylegan2-ada-pytorch embed their own networks.py, which calls
+`misc.assert_shape`, `misc.suppress_tracer_warnings`, `misc.profiled_function` and
+`misc.constant`; those names and signatures are kept so that source still runs here.
 """
 
 import contextlib
 import functools
+import itertools
 import re
 import warnings
 import weakref
@@ -14,40 +15,35 @@ import weakref
 import numpy as np
 import torch
 
-import dnnlib
-
 #----------------------------------------------------------------------------
-# Cached constant tensors: building a tensor from numpy every forward pass is slow.
+# Constant tensors, built once per distinct request (from numpy on every forward is slow).
 
-_constant_cache = dict()
+_made_constants = {}
 
 def constant(value, shape=None, dtype=None, device=None, memory_format=None):
-    """A tensor holding `value` (broadcast to `shape`), created once per argument set and reused.
+    """A tensor holding `value` (broadcast to `shape` if given), shared between callers that
+    ask for the same value, shape, dtype, device and memory format. Never modify it in place."""
+    array = np.asarray(value)
+    request = (
+        array.dtype.str, array.shape, array.tobytes(),
+        None if shape is None else tuple(shape),
+        torch.get_default_dtype() if dtype is None else dtype,
+        torch.device('cpu' if device is None else device),
+        torch.contiguous_format if memory_format is None else memory_format,
+    )
+    made = _made_constants.get(request)
+    if made is None:
+        made = _made_constants[request] = _build_constant(array, *request[3:])
+    return made
 
-    Callers must not modify the result in place.
-    """
-    value = np.asarray(value)
-    if shape is not None:
-        shape = tuple(shape)
-    if dtype is None:
-        dtype = torch.get_default_dtype()
-    if device is None:
-        device = torch.device('cpu')
-    device = torch.device(device)
-    if memory_format is None:
-        memory_format = torch.contiguous_format
-
-    key = (value.shape, value.dtype, value.tobytes(), shape, dtype, device, memory_format)
-    tensor = _constant_cache.get(key, None)
-    if tensor is None:
-        # A tensor created under inference_mode could not be used by autograd later.
-        with torch.inference_mode(False):
-            tensor = torch.as_tensor(value.copy(), dtype=dtype, device=device)
-            if shape is not None:
-                tensor = tensor.expand(torch.broadcast_shapes(tensor.shape, shape))
-            tensor = tensor.contiguous(memory_format=memory_format)
-        _constant_cache[key] = tensor
-    return tensor
+def _build_constant(array, shape, dtype, device, memory_format):
+    # Built outside inference mode even when first requested inside it: an inference tensor
+    # could not take part in autograd when it is reused later.
+    with torch.inference_mode(False):
+        built = torch.tensor(array, dtype=dtype, device=device)
+        if shape is not None:
+            built = torch.broadcast_to(built, torch.broadcast_shapes(built.shape, shape))
+        return built.contiguous(memory_format=memory_format)
 
 #----------------------------------------------------------------------------
 # A 0-dim tensor's value known on the host. Reading a CUDA scalar with float() waits for the
@@ -85,58 +81,59 @@ def _remember(tensor, value):
     _host_values[key] = (weakref.ref(tensor, forget), tensor._version, value)
 
 #----------------------------------------------------------------------------
+# Shape checks that also hold while tracing.
 
-def nan_to_num(input, nan=0.0, posinf=None, neginf=None, *, out=None): # pylint: disable=redefined-builtin
-    """torch.nan_to_num (kept under this name for code written against older PyTorch)."""
-    return torch.nan_to_num(input, nan=nan, posinf=posinf, neginf=neginf, out=out)
-
-#----------------------------------------------------------------------------
-# Shape checks that also work while tracing.
-
-class suppress_tracer_warnings(warnings.catch_warnings):
-    """Context manager that silences torch.jit.TracerWarning (for checks on traced shapes)."""
-
-    def __enter__(self):
-        super().__enter__()
-        warnings.simplefilter('ignore', category=torch.jit.TracerWarning)
-        return self
+@contextlib.contextmanager
+def suppress_tracer_warnings():
+    """Within the block, torch.jit.TracerWarning is not shown (checks on traced sizes raise it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        yield
 
 def assert_shape(tensor, ref_shape):
-    """Raise AssertionError unless tensor.shape matches ref_shape; None entries match any size."""
-    if tensor.ndim != len(ref_shape):
-        raise AssertionError(f'Wrong number of dimensions: got {tensor.ndim} (shape {list(tensor.shape)}), '
-                             f'expected {len(ref_shape)} (shape {list(ref_shape)})')
-    for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape)):
-        if ref_size is None:
+    """AssertionError unless tensor's shape is ref_shape, where None stands for any size.
+
+    Sizes that are tensors (as while tracing) are compared by an assert recorded in the graph.
+    """
+    shape = list(tensor.shape)
+    expected = list(ref_shape)
+    if len(shape) != len(expected):
+        raise AssertionError(f'Wrong number of dimensions: got {len(shape)} (shape {shape}), '
+                             f'expected {len(expected)} (shape {expected})')
+    for axis, got, want in zip(itertools.count(), shape, expected):
+        if want is None:
             continue
-        if isinstance(ref_size, torch.Tensor) or isinstance(size, torch.Tensor):
-            # Symbolic sizes while tracing: record the check in the graph.
+        if torch.is_tensor(got) or torch.is_tensor(want):
             with suppress_tracer_warnings():
-                torch._assert(torch.equal(torch.as_tensor(size), torch.as_tensor(ref_size)),
-                              f'Wrong size for dimension {idx}: expected {ref_size}')
-        elif size != ref_size:
-            raise AssertionError(f'Wrong size for dimension {idx}: got {size}, expected {ref_size} '
-                                 f'(shape {list(tensor.shape)}, expected {list(ref_shape)})')
+                same = torch.equal(torch.as_tensor(got), torch.as_tensor(want))
+                torch._assert(same, f'Wrong size for dimension {axis}: expected {want}')
+            continue
+        if got != want:
+            raise AssertionError(f'Wrong size for dimension {axis}: got {got}, expected {want} '
+                                 f'(shape {shape}, expected {expected})')
 
 #----------------------------------------------------------------------------
 
 def profiled_function(fn):
-    """Decorator: show calls of fn as a named range in the PyTorch profiler."""
+    """Decorator: calls of fn appear as a range named after it in the PyTorch profiler."""
+    label = fn.__name__
+
     @functools.wraps(fn)
-    def decorator(*args, **kwargs):
-        with torch.autograd.profiler.record_function(fn.__name__):
+    def in_named_range(*args, **kwargs):
+        with torch.profiler.record_function(label):
             return fn(*args, **kwargs)
-    return decorator
+    return in_named_range
 
 #----------------------------------------------------------------------------
 
 class InfiniteSampler(torch.utils.data.Sampler):
     """Endless index stream for a DataLoader, sharded across ranks.
 
-    With shuffle=True the stream is a sequence of passes, each a permutation of all indices:
-    the first by `seed`, and after visiting a position its index swaps with a random one
-    among the last `window_size` * len positions visited, so each pass reorders the last.
-    Rank r takes every num_replicas-th index of the global stream starting at r.
+    Without shuffling the stream repeats 0..len-1. With shuffling it is a sequence of passes,
+    each a permutation of all indices: the first drawn from `seed`; afterwards each visited
+    position trades its index with one at most `window_size` * len positions back in the same
+    pass, so the next pass comes out reordered. Rank r gets entries r, r + num_replicas, ...
+    of that one global stream, so the ranks together see every entry once.
     """
 
     def __init__(self, dataset, rank=0, num_replicas=1, shuffle=True, seed=0, window_size=0.5):
@@ -148,80 +145,62 @@ class InfiniteSampler(torch.utils.data.Sampler):
             raise ValueError(f'InfiniteSampler: window_size must be in [0, 1], got {window_size}')
         super().__init__() # torch >= 2.2 no longer accepts the data source here
         self.dataset = dataset
-        self.rank = rank
-        self.num_replicas = num_replicas
-        self.shuffle = shuffle
-        self.seed = seed
-        self.window_size = window_size
+        self.rank, self.num_replicas = rank, num_replicas
+        self.shuffle, self.seed, self.window_size = shuffle, seed, window_size
 
     def __iter__(self):
-        order = np.arange(len(self.dataset))
-        rnd = None
-        window = 0
-        if self.shuffle:
-            rnd = np.random.RandomState(self.seed)
-            rnd.shuffle(order)
-            window = int(np.rint(order.size * self.window_size))
+        return itertools.islice(self._global_stream(), self.rank, None, self.num_replicas)
 
-        idx = 0
-        while True:
-            i = idx % order.size
-            if idx % self.num_replicas == self.rank:
-                yield int(order[i])
-            if window >= 2:
-                # Swap only with positions already visited in this pass, so every pass
-                # over the data is an exact permutation and later passes differ.
-                j = i - rnd.randint(min(window, i + 1))
-                order[i], order[j] = order[j], order[i]
-            idx += 1
+    def _global_stream(self):
+        size = len(self.dataset)
+        if not self.shuffle:
+            yield from itertools.chain.from_iterable(itertools.repeat(range(size)))
+            return
+        rng = np.random.RandomState(self.seed)
+        order = rng.permutation(size)
+        reach = int(np.rint(size * self.window_size))
+        for step in itertools.count():
+            here = step % size
+            yield int(order[here])
+            if reach >= 2:
+                # Only positions already visited in this pass take part, so each pass
+                # stays an exact permutation.
+                there = here - rng.randint(min(reach, here + 1))
+                order[[here, there]] = order[[there, here]]
 
 #----------------------------------------------------------------------------
 # Parameters and buffers.
 
-def params_and_buffers(module):
-    assert isinstance(module, torch.nn.Module)
-    return list(module.parameters()) + list(module.buffers())
-
 def named_params_and_buffers(module):
-    assert isinstance(module, torch.nn.Module)
-    return list(module.named_parameters()) + list(module.named_buffers())
+    """[(name, tensor)]: the module's parameters, then its buffers."""
+    return [*module.named_parameters(), *module.named_buffers()]
+
+def params_and_buffers(module):
+    """The tensors of named_params_and_buffers(module)."""
+    return [tensor for _name, tensor in named_params_and_buffers(module)]
 
 @torch.no_grad()
 def copy_params_and_buffers(src_module, dst_module, require_all=False):
-    """Copy every parameter and buffer of dst_module from the same name in src_module.
+    """Fill dst_module's parameters and buffers from the tensors of the same name in src_module.
 
-    Returns the names in dst_module that src_module lacks (left untouched). With
-    require_all=True a missing name raises KeyError instead. A shape mismatch always raises.
+    Returns the dst names src_module lacks (left as they are). Nothing is written if a shape
+    differs (ValueError) or, with require_all=True, if a name is missing (KeyError).
     """
-    assert isinstance(src_module, torch.nn.Module)
-    assert isinstance(dst_module, torch.nn.Module)
-    src_tensors = dict(named_params_and_buffers(src_module))
-    missing = []
-    for name, tensor in named_params_and_buffers(dst_module):
-        if name not in src_tensors:
-            missing.append(name)
-            continue
-        src = src_tensors[name]
-        if src.shape != tensor.shape:
-            raise ValueError(f'copy_params_and_buffers: "{name}" has shape {list(src.shape)} in the source '
-                             f'but {list(tensor.shape)} in the destination')
-        tensor.copy_(src.detach()).requires_grad_(tensor.requires_grad)
+    available = dict(named_params_and_buffers(src_module))
+    targets = named_params_and_buffers(dst_module)
+    missing = [name for name, _ in targets if name not in available]
     if require_all and missing:
         raise KeyError(f'copy_params_and_buffers: source module lacks {len(missing)} tensor(s): {", ".join(missing)}')
+    found = [(name, available[name], dst) for name, dst in targets if name in available]
+    clashes = [f'"{name}" is {list(src.shape)} in the source but {list(dst.shape)} in the destination'
+               for name, src, dst in found if src.shape != dst.shape]
+    if clashes:
+        raise ValueError('copy_params_and_buffers: ' + '; '.join(clashes))
+    for _name, src, dst in found:
+        dst.copy_(src)
     return missing
 
 #----------------------------------------------------------------------------
-# DistributedDataParallel helpers.
-
-@contextlib.contextmanager
-def ddp_sync(module, sync):
-    """Context: with sync=False, skip DDP's gradient all-reduce (gradient accumulation)."""
-    assert isinstance(module, torch.nn.Module)
-    if sync or not isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        yield
-    else:
-        with module.no_sync():
-            yield
 
 def check_ddp_consistency(module, ignore_regex=None):
     """Assert that every parameter and buffer equals rank 0's (no-op without torch.distributed).
@@ -229,103 +208,25 @@ def check_ddp_consistency(module, ignore_regex=None):
     A collective: the verdict is all-reduced, so every rank raises together. A rank raising
     alone would leave the others blocked in their next collective until the timeout.
     """
-    assert isinstance(module, torch.nn.Module)
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
         return
-    names, differs = [], []
-    for name, tensor in named_params_and_buffers(module):
-        fullname = type(module).__name__ + '.' + name
-        if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
-            continue
-        tensor = tensor.detach()
-        if tensor.is_floating_point():
-            tensor = nan_to_num(tensor)
-        other = tensor.clone()
-        torch.distributed.broadcast(tensor=other, src=0)
-        names.append(fullname)
-        differs.append((tensor != other).any())
-    if not names:
+    prefix = type(module).__name__ + '.'
+    checked = [(prefix + name, tensor.detach()) for name, tensor in named_params_and_buffers(module)]
+    checked = [(name, t) for name, t in checked if ignore_regex is None or not re.fullmatch(ignore_regex, name)]
+    if not checked:
         return
-    num_differing = torch.stack(differs).to(torch.float32)    # per tensor: ranks that differ from rank 0
-    torch.distributed.all_reduce(num_differing)
-    bad = [name for name, n in zip(names, num_differing.tolist()) if n > 0]
+    differs = torch.stack([_differs_from_rank0(t) for _name, t in checked]).to(torch.float32)
+    dist.all_reduce(differs)   # per tensor: how many ranks differ from rank 0
+    bad = [name for (name, _t), count in zip(checked, differs.tolist()) if count > 0]
     if bad:
         raise AssertionError(f'DDP consistency check failed: {", ".join(bad)} differ(s) from rank 0 on some rank')
 
-#----------------------------------------------------------------------------
-# Module summary table.
-
-def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
-    """Run module(*inputs) once and print a table of submodules, parameter counts and output shapes.
-
-    Returns the module's outputs.
-    """
-    assert isinstance(module, torch.nn.Module)
-    assert not isinstance(module, torch.jit.ScriptModule)
-    assert isinstance(inputs, (tuple, list))
-
-    # Record every submodule call (outermost first by nesting level) with forward hooks.
-    entries = []
-    nesting = [0]
-
-    def pre_hook(_mod, _inputs):
-        nesting[0] += 1
-
-    def post_hook(mod, _inputs, outputs):
-        nesting[0] -= 1
-        if nesting[0] <= max_nesting:
-            outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-            outputs = [t for t in outputs if isinstance(t, torch.Tensor)]
-            entries.append(dnnlib.EasyDict(mod=mod, outputs=outputs))
-
-    hooks = [mod.register_forward_pre_hook(pre_hook) for mod in module.modules()]
-    hooks += [mod.register_forward_hook(post_hook) for mod in module.modules()]
-    try:
-        outputs = module(*inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-    # Attribute each tensor to the first (innermost) module that reported it.
-    tensors_seen = set()
-    for e in entries:
-        e.unique_params = [t for t in e.mod.parameters() if id(t) not in tensors_seen]
-        e.unique_buffers = [t for t in e.mod.buffers() if id(t) not in tensors_seen]
-        e.unique_outputs = [t for t in e.outputs if id(t) not in tensors_seen]
-        tensors_seen |= {id(t) for t in e.unique_params + e.unique_buffers + e.unique_outputs}
-    if skip_redundant:
-        entries = [e for e in entries if len(e.unique_params) or len(e.unique_buffers) or len(e.unique_outputs)]
-
-    rows = [[type(module).__name__, 'Parameters', 'Buffers', 'Output shape', 'Datatype']]
-    rows += [['---'] * len(rows[0])]
-    param_total = 0
-    buffer_total = 0
-    submodule_names = {mod: name for name, mod in module.named_modules()}
-    for e in entries:
-        name = '<top-level>' if e.mod is module else submodule_names[e.mod]
-        param_size = sum(t.numel() for t in e.unique_params)
-        buffer_size = sum(t.numel() for t in e.unique_buffers)
-        output_shapes = [str(list(t.shape)) for t in e.outputs]
-        output_dtypes = [str(t.dtype).split('.')[-1] for t in e.outputs]
-        rows += [[
-            name + (':0' if len(e.outputs) >= 2 else ''),
-            str(param_size) if param_size else '-',
-            str(buffer_size) if buffer_size else '-',
-            (output_shapes + ['-'])[0],
-            (output_dtypes + ['-'])[0],
-        ]]
-        for idx in range(1, len(e.outputs)):
-            rows += [[name + f':{idx}', '-', '-', output_shapes[idx], output_dtypes[idx]]]
-        param_total += param_size
-        buffer_total += buffer_size
-    rows += [['---'] * len(rows[0])]
-    rows += [['Total', str(param_total), str(buffer_total), '-', '-']]
-
-    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
-    print()
-    for row in rows:
-        print('  '.join(cell + ' ' * (width - len(cell)) for cell, width in zip(row, widths)))
-    print()
-    return outputs
+def _differs_from_rank0(tensor):
+    if tensor.is_floating_point():
+        tensor = torch.nan_to_num(tensor)   # NaN != NaN would flag identical tensors
+    rank0 = tensor.clone()
+    torch.distributed.broadcast(rank0, src=0)
+    return torch.ne(tensor, rank0).any()
 
 #----------------------------------------------------------------------------
