@@ -65,6 +65,16 @@ def test_update_windows_and_keep_previous():
     assert keep.mean('ts3/v') == 10.0
     assert drop.num('ts3/v') == 0 and np.isnan(drop.mean('ts3/v'))
 
+def test_collector_sees_only_values_reported_after_it_was_made():
+    training_stats.report('ts4/v', [100.0, 200.0])
+    late = training_stats.Collector(regex='ts4/.*')
+    training_stats.report('ts4/v', [1.0, float('inf')])
+    late.update()
+    assert late.num('ts4/v') == 2 and late.mean('ts4/v') == float('inf')
+    assert np.isnan(late.std('ts4/v'))      # not finite: no spread to report
+    with pytest.raises(KeyError, match='ts5/x'):
+        late.mean('ts5/x')                  # a name outside its regex is a mistake, not an empty stat
+
 def test_default_collector_exists():
     assert isinstance(training_stats.default_collector, training_stats.Collector)
 

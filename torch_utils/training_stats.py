@@ -1,143 +1,147 @@
 """Training statistics gathered across devices and processes.
 
-`report(name, value)` adds values to per-device float64 accumulators (count, sum, sum of
-squares) without synchronising with the host; a `Collector` periodically sums them over
-devices and ranks (`update()`) and answers num / mean / std for the values reported since
-its previous update.
+`report(name, value)` adds the count, sum and sum of squares of `value`'s elements to a
+float64 accumulator on value's device, without a host synchronisation. A `Collector` folds
+the accumulators of every device and rank into running totals (`update()`, a collective under
+torch.distributed) and answers num / mean / std for what was reported between its last two
+updates. Several collectors may watch the same names; each sees every value once.
 """
 
+import math
 import re
 
-import numpy as np
 import torch
 
 import dnnlib
 
 #----------------------------------------------------------------------------
 
-_num_moments = 3                # [count, sum, sum of squares]
-_counter_dtype = torch.float64  # Accumulator precision.
-_rank = 0                       # Rank of this process (report0 reports only on rank 0).
-_sync_device = None             # Device for the cross-rank all-reduce; None = choose by backend.
-_counters = dict()              # name -> device -> tensor [_num_moments], not yet synced
-_cumulative = dict()            # name -> tensor [_num_moments], everything synced so far (CPU)
-
-#----------------------------------------------------------------------------
+_rank = 0           # rank of this process: report0 counts only on rank 0
+_sync_device = None # where update() all-reduces; None = the CPU, or the GPU under NCCL
+_pending = {}       # name -> {device: float64 [count, sum, sum of squares] not yet folded}
+_totals = {}        # name -> CPU float64 [count, sum, sum of squares], all ranks, ever
 
 def init_multiprocessing(rank, sync_device):
-    """Set this process's rank and the device used for the all-reduce in Collector.update().
+    """Tell this process its rank and the device its all-reduces run on.
 
-    Call once per process, before the first update. sync_device: torch.device('cuda', i) for
-    NCCL, None (CPU) for gloo or a single process. Calling it again (several training runs in
-    one process, as in the tests) just replaces both settings.
+    Call before the first update: sync_device is torch.device('cuda', i) under NCCL and None
+    under gloo or in a single process. A second call (several runs in one process, as in the
+    tests) simply replaces both.
     """
     global _rank, _sync_device
-    _rank = rank
-    _sync_device = sync_device
+    _rank, _sync_device = rank, sync_device
 
 #----------------------------------------------------------------------------
 
 def report(name, value):
-    """Accumulate the elements of `value` (scalar, array or tensor) under `name`; returns value.
+    """Count the elements of `value` (number, sequence or tensor) under `name`; returns value.
 
-    Cheap: no host synchronisation. Every rank must report the same names (an empty value
-    registers a name without counting anything), since updates all-reduce by name.
+    Every rank must report the same names, in any order, since updates all-reduce them by
+    name: a rank with nothing to count reports an empty value, which only registers the name.
     """
-    if name not in _counters:
-        _counters[name] = dict()
-
-    elems = torch.as_tensor(value)
-    if elems.numel() == 0:
-        return value
-
-    elems = elems.detach().flatten()
-    dtype = torch.float32 if elems.device.type == 'mps' else _counter_dtype # MPS has no float64
-    elems = elems.to(dtype)
-    moments = torch.stack([
-        torch.ones_like(elems).sum(),
-        elems.sum(),
-        elems.square().sum(),
-    ])
-    device = moments.device
-    counters = _counters[name]
-    if device not in counters:
-        counters[device] = torch.zeros_like(moments)
-    counters[device].add_(moments)
+    per_device = _pending.setdefault(name, {})
+    flat = torch.as_tensor(value).detach().reshape(-1)
+    if flat.numel() > 0:
+        # MPS has no float64; everywhere else the sums are kept in double precision.
+        flat = flat.to(torch.float32 if flat.device.type == 'mps' else torch.float64)
+        moments = torch.stack([torch.full_like(flat[0], flat.numel()), flat.sum(), flat.square().sum()])
+        if moments.device in per_device:
+            per_device[moments.device].add_(moments)
+        else:
+            per_device[moments.device] = moments
     return value
 
 def report0(name, value):
-    """report() on rank 0; other ranks only register the name (so all-reduces stay aligned)."""
-    report(name, value if _rank == 0 else [])
+    """Like report(), counting only on rank 0; the other ranks just register the name."""
+    report(name, value if _rank == 0 else ())
     return value
 
 #----------------------------------------------------------------------------
 
-class Collector:
-    """Reads the statistics reported since its previous update().
+def _fold(names):
+    """Move what was reported under `names` (on every device and rank) into _totals.
 
-    regex: only names that fully match are collected. keep_previous: a name that received no
-    values since the last update keeps its previous numbers (otherwise it disappears).
-    Several collectors may coexist; each sees every reported value once.
+    Returns {name: its totals}. A collective call when several processes train together.
+    """
+    if not names:
+        return {}
+    multi_process = torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+    device = _sync_device
+    if device is None:
+        nccl = multi_process and torch.distributed.get_backend() == 'nccl'
+        device = torch.device('cuda', torch.cuda.current_device()) if nccl else torch.device('cpu')
+    fresh = torch.zeros([len(names), 3], dtype=torch.float64, device=device)
+    for row, name in zip(fresh, names):
+        for moments in _pending[name].values():
+            row.add_(moments.to(device=device, dtype=torch.float64))
+        _pending[name].clear()
+    if multi_process:
+        torch.distributed.all_reduce(fresh)
+    for row, name in zip(fresh.cpu(), names):
+        _totals.setdefault(name, torch.zeros([3], dtype=torch.float64)).add_(row)
+    return {name: _totals[name] for name in names}
+
+#----------------------------------------------------------------------------
+
+class Collector:
+    """num / mean / std of the values reported between this collector's last two update()s.
+
+    regex: the names this collector reads (full match). keep_previous: a name that got no new
+    values keeps its last numbers (otherwise it reads as empty until new values arrive).
     """
 
     def __init__(self, regex='.*', keep_previous=True):
-        self._regex = re.compile(regex)
+        self._pattern = re.compile(regex)
         self._keep_previous = keep_previous
-        self._cumulative = dict()   # name -> cumulative moments at our last update
-        self._moments = dict()      # name -> moments between our last two updates
-        self.update()
-        self._moments.clear()
+        # Totals as of our last update; what was reported before we existed is not ours.
+        self._baseline = {name: total.clone() for name, total in _fold(self.names()).items()}
+        self._window = {}   # name -> (count, sum, sum of squares) between the last two updates
 
     def names(self):
-        """Names reported so far that match the regex (sorted)."""
-        return sorted(name for name in _counters if self._regex.fullmatch(name))
+        """The names reported so far that this collector reads, sorted."""
+        return sorted(filter(self._pattern.fullmatch, _pending))
 
     def update(self):
-        """Sum the accumulated values over devices and ranks; a collective call under torch.distributed."""
+        """Fold in everything reported since the last call (collective under torch.distributed)."""
         if not self._keep_previous:
-            self._moments.clear()
-        for name, cumulative in _sync(self.names()):
-            if name not in self._cumulative:
-                self._cumulative[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-            delta = cumulative - self._cumulative[name]
-            self._cumulative[name].copy_(cumulative)
-            if float(delta[0]) != 0:
-                self._moments[name] = delta
+            self._window = {}
+        for name, total in _fold(self.names()).items():
+            before = self._baseline.get(name)
+            change = total - before if before is not None else total.clone()
+            self._baseline[name] = total.clone()
+            count, value_sum, square_sum = change.tolist()
+            if count != 0:
+                self._window[name] = (count, value_sum, square_sum)
 
-    def _get_delta(self, name):
-        assert self._regex.fullmatch(name), f'"{name}" does not match this collector\'s regex'
-        if name not in self._moments:
-            self._moments[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-        return self._moments[name]
+    def _moments(self, name):
+        if not self._pattern.fullmatch(name):
+            raise KeyError(f'"{name}" is not among the names this collector reads ({self._pattern.pattern})')
+        return self._window.get(name, (0.0, 0.0, 0.0))
 
     def num(self, name):
-        """Number of scalars reported under name between the last two updates."""
-        return int(self._get_delta(name)[0])
+        """How many scalars were reported under name."""
+        return int(self._moments(name)[0])
 
     def mean(self, name):
-        """Their mean (nan if none)."""
-        delta = self._get_delta(name)
-        if int(delta[0]) == 0:
-            return float('nan')
-        return float(delta[1] / delta[0])
+        """Their mean; nan if there were none."""
+        count, value_sum, _ = self._moments(name)
+        return value_sum / count if count else float('nan')
 
     def std(self, name):
-        """Their population standard deviation (nan if none, 0 for a single value)."""
-        delta = self._get_delta(name)
-        if int(delta[0]) == 0 or not np.isfinite(float(delta[1])):
+        """Their population standard deviation; nan if none (or not finite), 0 for one value."""
+        count, value_sum, square_sum = self._moments(name)
+        if count == 0 or not math.isfinite(value_sum):
             return float('nan')
-        if int(delta[0]) == 1:
+        if count == 1:
             return 0.0
-        mean = float(delta[1] / delta[0])
-        raw_var = float(delta[2] / delta[0])
-        return float(np.sqrt(max(raw_var - mean * mean, 0.0)))
+        mean = value_sum / count
+        return math.sqrt(max(square_sum / count - mean * mean, 0.0))
 
     def as_dict(self):
-        """EasyDict name -> EasyDict(num, mean, std), e.g. for a JSON log line."""
-        stats = dnnlib.EasyDict()
-        for name in self.names():
-            stats[name] = dnnlib.EasyDict(num=self.num(name), mean=self.mean(name), std=self.std(name))
-        return stats
+        """{name: {num, mean, std}} for every name read (EasyDicts), e.g. for a JSON log line."""
+        return dnnlib.EasyDict({name: dnnlib.EasyDict(num=self.num(name), mean=self.mean(name), std=self.std(name))
+                                for name in self.names()})
 
     def __getitem__(self, name):
         """Shorthand for mean(name)."""
@@ -145,41 +149,4 @@ class Collector:
 
 #----------------------------------------------------------------------------
 
-def _distributed():
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-
-def _sync(names):
-    """Move the pending counters of `names` into _cumulative (all-reduced); returns [(name, cumulative)]."""
-    if len(names) == 0:
-        return []
-
-    device = _sync_device
-    if device is None:
-        device = torch.device('cpu')
-        if _distributed() and torch.distributed.get_backend() == 'nccl':
-            device = torch.device('cuda', torch.cuda.current_device())
-
-    deltas = []
-    for name in names:
-        delta = torch.zeros([_num_moments], dtype=_counter_dtype, device=device)
-        for counter in _counters[name].values():
-            delta.add_(counter.to(device=device, dtype=_counter_dtype))
-            counter.zero_()
-        deltas.append(delta)
-    deltas = torch.stack(deltas)
-
-    if _distributed():
-        torch.distributed.all_reduce(deltas)
-
-    deltas = deltas.cpu()
-    for idx, name in enumerate(names):
-        if name not in _cumulative:
-            _cumulative[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-        _cumulative[name].add_(deltas[idx])
-    return [(name, _cumulative[name]) for name in names]
-
-#----------------------------------------------------------------------------
-
 default_collector = Collector(regex='.*', keep_previous=True)
-
-#----------------------------------------------------------------------------
