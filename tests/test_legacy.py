@@ -2,12 +2,15 @@
 damaged files."""
 
 import copy
+import gzip
 import inspect
 import json
+import os
 import pickle
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -315,3 +318,51 @@ def test_cli_export(tmp_path):
     assert torch.equal(_outputs(back)[0], _outputs(_snapshot())[0])
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# A snapshot written before the provenance rewrite (issue 15).
+
+PRE_REWRITE = os.path.join(os.path.dirname(__file__), 'data', 'pre_rewrite_snapshot.pkl.gz')
+PRE_REWRITE_OUTPUTS = os.path.join(os.path.dirname(__file__), 'data', 'pre_rewrite_outputs.npz')
+
+def _pre_rewrite_pickle(tmp_path):
+    path = tmp_path / 'pre_rewrite.pkl'
+    with gzip.open(PRE_REWRITE, 'rb') as f:
+        path.write_bytes(f.read())
+    return str(path)
+
+def _check_pre_rewrite_outputs(data):
+    ref = np.load(PRE_REWRITE_OUTPUTS)
+    z, c = torch.from_numpy(ref['z']), torch.from_numpy(ref['c'])
+    with torch.no_grad():
+        img = data['G_ema'](z, c, noise_mode='const')
+        logits = data['D'](img, c)
+    assert float((img - torch.from_numpy(ref['img'])).abs().max()) <= 1e-6
+    assert float((logits - torch.from_numpy(ref['logits'])).abs().max()) <= 1e-6
+
+def test_pre_rewrite_snapshot_runs_its_own_code(tmp_path):
+    """Unpickled as is, the snapshot runs the network source embedded in it (the code of 20e1b98)
+    against today's torch_utils and gives the numbers that code wrote down."""
+    with open(_pre_rewrite_pickle(tmp_path), 'rb') as f:
+        data = pickle.load(f)
+    assert 'def modulated_conv2d' in type(data['G_ema'])._orig_module_src
+    _check_pre_rewrite_outputs(data)
+
+def test_pre_rewrite_snapshot_loads_into_todays_classes(tmp_path, capsys):
+    """load_network rebuilds the old snapshot as today's classes (names and shapes unchanged, so
+    every tensor maps), and today's code computes the same images and D logits."""
+    with open(_pre_rewrite_pickle(tmp_path), 'rb') as f:
+        old = pickle.load(f)
+    data = legacy.load_network(_pre_rewrite_pickle(tmp_path), verbose=False)
+    ours = {'G': networks.Generator, 'D': networks.Discriminator, 'G_ema': networks.Generator}
+    for key, cls in ours.items():
+        assert type(data[key]) is cls
+        new_state = {k: tuple(v.shape) for k, v in data[key].state_dict().items()}
+        assert new_state == {k: tuple(v.shape) for k, v in old[key].state_dict().items()}
+        for name, tensor in old[key].state_dict().items():
+            assert torch.equal(data[key].state_dict()[name], tensor), (key, name)
+    from training import augment
+    assert type(data['augment_pipe']) is augment.AugmentPipe
+    assert ({k: tuple(v.shape) for k, v in data['augment_pipe'].state_dict().items()} ==
+            {k: tuple(v.shape) for k, v in old['augment_pipe'].state_dict().items()})
+    _check_pre_rewrite_outputs(data)
