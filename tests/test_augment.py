@@ -289,13 +289,37 @@ def test_filter_bank_partitions_frequencies():
         gains = [response(bank[j], w) for j in range(4)]
         assert int(np.argmax(gains)) == i and gains[i] > 0.6
 
-def test_band_gains_keep_expected_power():
-    torch.manual_seed(11)
+def band_gains_for(t):
+    """_band_gains with the drawn per-band gains t [N, 4] (every band fires)."""
     pipe = pipe_with(1.0, imgfilter=1)
+    columns = iter(torch.log2(torch.as_tensor(t, dtype=torch.float32)).t())
+    pipe._normal = lambda shape, device: next(columns)
+    pipe._fires = lambda prob, n, device: torch.ones([n], dtype=torch.bool)
+    return pipe._band_gains(len(t), 'cpu')
+
+def reference_band_gains(t):
+    """float64: each band's vector (t_i at band i, 1 elsewhere) scaled to unit expected power
+    under the prior [10, 1, 1, 1] / 13, then the four vectors multiplied."""
+    t = np.asarray(t, np.float64)
+    prior = np.array([10., 1, 1, 1]) / 13
+    norms = np.sqrt(prior * t ** 2 + (1 - prior))          # [N, 4]: band i's vector norm
+    return t / norms.prod(axis=1, keepdims=True)
+
+def test_band_gains_normalise_each_band_then_multiply():
+    # The issue's example: bands 0 and 1 both double. Normalising the product instead gives 1.063.
+    g = band_gains_for([[2., 2, 1, 1]])
+    assert g[0, 0].item() == pytest.approx(0.99124, abs=1e-5)
+    assert g[0, 0].item() == pytest.approx(26 / math.sqrt(688), rel=1e-6)
+    t = torch.exp2(torch.randn(200, 4, generator=torch.Generator().manual_seed(3)))
+    np.testing.assert_allclose(band_gains_for(t).double().numpy(), reference_band_gains(t.numpy()), rtol=2e-6)
+
+def test_band_gains_single_band_keeps_expected_power():
+    torch.manual_seed(11)
+    pipe = pipe_with(0.2, imgfilter=1, imgfilter_bands=[0, 1, 0, 0])      # at most one band fires
     g = pipe._band_gains(500, 'cpu')
     prior = torch.tensor([10., 1, 1, 1]) / 13
     assert torch.allclose((prior * g.square()).sum(1), torch.ones(500), atol=1e-5)
-    assert g.std(0).min() > 0.1
+    assert g[:, 1].std() > 0.1
 
 def test_imgfilter_is_per_sample_separable_filter():
     pipe = pipe_with(1.0, imgfilter=1)

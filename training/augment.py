@@ -462,7 +462,13 @@ class AugmentPipe(torch.nn.Module):
     # Frequency-band filter, cutout.
 
     def _band_gains(self, N, device):
-        """Per-sample gain of each band [N, 4], renormalised after each change to keep the expected power."""
+        """Per-sample gain of each band [N, 4].
+
+        Band i's gain vector (t_i at band i, 1 elsewhere) is normalised on its own to keep the
+        expected power under the prior spectrum, and the normalised vectors are multiplied
+        (methods.md section 1). Normalising the product instead would give other gains as soon
+        as two bands fire in one sample.
+        """
         num_bands = self.Hz_fbank.shape[0]
         prior = misc.constant(np.array([10., 1., 1., 1.]) / 13, dtype=torch.float32, device=device)
         g = torch.ones([N, num_bands], device=device)
@@ -471,8 +477,8 @@ class AugmentPipe(torch.nn.Module):
             t_i = torch.where(self._fires(self.imgfilter * band_strength * self.p, N, device), t_i, torch.ones_like(t_i))
             t = torch.ones([N, num_bands], device=device)
             t[:, i] = t_i
+            t = t / (prior * t.square()).sum(dim=1, keepdim=True).sqrt()
             g = g * t
-            g = g / (prior * g.square()).sum(dim=1, keepdim=True).sqrt()
         return g
 
     def _apply_filter(self, images):
