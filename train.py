@@ -372,7 +372,8 @@ def configure_metrics(kw, c):
         path = kw.metricdata if kw.metricdata is not None else c.training_set_kwargs.path
         if not os.path.exists(path):
             raise click.UsageError(f'--metricdata={path}: no such file or directory')
-        c.metric_set_kwargs = dnnlib.EasyDict(c.training_set_kwargs, path=path, max_size=None, xflip=False)
+        # xflip is kept: the legacy metrics (fid50k, ...) use it as the reference does; *_full drop it.
+        c.metric_set_kwargs = dnnlib.EasyDict(c.training_set_kwargs, path=path, max_size=None)
         c.metric_set_kwargs.pop('random_seed', None)
         if kw.metric_labels is not None:
             # e.g. lt_100_full.json: the balanced set with the long-tail run's class indices.

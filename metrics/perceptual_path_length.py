@@ -23,12 +23,18 @@ def crop_center(img):
     h, w = img.shape[2], img.shape[3]
     return img[:, :, h * 3 // 8: h * 7 // 8, w * 2 // 8: w * 6 // 8]
 
-def box_downsample_to(img, size=256):
-    """Average-pool [N, C, H, W] by an integer factor while it is larger than `size`."""
-    if img.shape[2] > size:
-        f = img.shape[2] // size
-        img = img.reshape(img.shape[0], img.shape[1], img.shape[2] // f, f, img.shape[3] // f, f).mean(dim=[3, 5])
+def box_downsample(img, factor):
+    """Average-pool [N, C, H, W] over factor x factor boxes (factor <= 1: unchanged)."""
+    if factor > 1:
+        n, c, h, w = img.shape
+        img = img.reshape(n, c, h // factor, factor, w // factor, factor).mean(dim=[3, 5])
     return img
+
+def vgg_factor(img_resolution):
+    """Box-downsampling factor before VGG: img_resolution // 256, fixed by the generator's
+    resolution and applied after the crop, so at 512 and 1024 the cropped image VGG sees is
+    128 x 128 (methods.md section 2; sizing the crop itself to 256 would give other numbers)."""
+    return img_resolution // 256
 
 def filtered_mean(dist):
     """Mean of the values within the [1st, 99th] percentiles (lower / higher interpolation)."""
@@ -60,7 +66,7 @@ def _path_batch(opts, G, vgg, gen, label_sampler, n, epsilon, space, sampling, c
         img = img[0]
     if crop:
         img = crop_center(img)
-    img = box_downsample_to(img, 256)
+    img = box_downsample(img, vgg_factor(G.img_resolution))
     img = metric_utils.to_rgb((img + 1) * (255 / 2))
     e0, e1 = vgg(img, resize_images=False, return_lpips=True).float().chunk(2)
     return (e0 - e1).square().sum(dim=1) / epsilon ** 2

@@ -222,7 +222,7 @@ def training_loop(
     plugin_names            = [],       # Active plugins (resolved, in run order).
     plugin_opts             = {},       # Options handed to every plugin.
     metrics                 = [],       # Metric names evaluated at each network snapshot.
-    metric_set_kwargs       = None,     # Dataset for metrics (None = the training set, full, no x-flips).
+    metric_set_kwargs       = None,     # Dataset for metrics (None = the whole training set, its x-flip setting kept).
     detector                = None,     # Detector path / URL for the metrics (None = default).
     random_seed             = 0,        # Global seed.
     num_gpus                = 1,        # Number of processes (world size).
@@ -377,7 +377,7 @@ def training_loop(
                 loss, cur_nimg, cur_tick, batch_idx, rng_state, options, num_gpus, rank, snapshot_keep)
             if len(metrics) > 0:
                 stats_metrics.update(evaluate_metrics(metrics, snapshot_data['G_ema'], snapshot_pkl, run_dir,
-                    metric_set_kwargs or dict(training_set_kwargs, max_size=None, xflip=False), detector, num_gpus, rank, device, log))
+                    metric_set_kwargs or dict(training_set_kwargs, max_size=None), detector, num_gpus, rank, device, log))
             del snapshot_data
 
         stats_collector.update()
