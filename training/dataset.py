@@ -64,7 +64,7 @@ def shot_label_file(first, end):
 
 
 class Dataset(torch.utils.data.Dataset):
-    """Base class: index bookkeeping (subset, mirroring) and labels; subclasses read images.
+    """Base class: which raw images are items (subset, mirroring) and their labels; subclasses read images.
 
     Subclasses implement `_load_raw_image(raw_idx) -> uint8 [C, H, W]` and
     `_load_raw_labels() -> None | int64 [N] | float32 [N, D]`.
@@ -74,34 +74,32 @@ class Dataset(torch.utils.data.Dataset):
         self._name = name
         self._raw_shape = list(raw_shape)  # [N, C, H, W]
         self._use_labels = use_labels
-        self._raw_labels = None
+        self._raw_labels = None            # read on first use
         self._label_shape = None
+        self._raw_idx, self._xflip = self._select_items(self._raw_shape[0], max_size, xflip, random_seed)
 
-        # Seeded subset, sorted so that item order follows file order.
-        self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
-        if max_size is not None and self._raw_idx.size > max_size:
-            rnd = np.random.RandomState(random_seed)
-            self._raw_idx = np.sort(rnd.permutation(self._raw_idx)[:max_size])
-
-        # Mirroring appends a flipped copy of every selected image.
-        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
-        if xflip:
-            self._raw_idx = np.tile(self._raw_idx, 2)
-            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
+    @staticmethod
+    def _select_items(num_raw, max_size, xflip, random_seed):
+        """(raw index, mirrored?) of every item: a seeded subset in file order, then, with xflip,
+        the same images again mirrored."""
+        chosen = np.arange(num_raw, dtype=np.int64)
+        if max_size is not None and num_raw > max_size:
+            chosen = np.sort(np.random.RandomState(random_seed).permutation(chosen)[:max_size])
+        copies = 2 if xflip else 1
+        return np.tile(chosen, copies), np.repeat(np.arange(copies, dtype=np.uint8), chosen.size)
 
     def _get_raw_labels(self):
         """Labels of all raw images: int64 [N], float32 [N, D], or float32 [N, 0] without labels."""
-        if self._raw_labels is None:
-            labels = self._load_raw_labels() if self._use_labels else None
-            if labels is None:
-                labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
-            assert labels.shape[0] == self._raw_shape[0]
-            assert labels.dtype in (np.int64, np.float32)
-            self._raw_labels = labels
-        return self._raw_labels
-
-    def close(self):
-        pass
+        if self._raw_labels is not None:
+            return self._raw_labels
+        labels = self._load_raw_labels() if self._use_labels else None
+        if labels is None:
+            labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
+        if labels.shape[0] != self._raw_shape[0] or labels.dtype not in (np.int64, np.float32):
+            raise RuntimeError(f'{type(self).__name__}._load_raw_labels returned {labels.dtype} {labels.shape} '
+                               f'for {self._raw_shape[0]} images')
+        self._raw_labels = labels
+        return labels
 
     def _load_raw_image(self, raw_idx):
         raise NotImplementedError
@@ -109,28 +107,34 @@ class Dataset(torch.utils.data.Dataset):
     def _load_raw_labels(self):
         raise NotImplementedError
 
+    def _describe_raw(self, raw_idx):
+        return f'image {raw_idx}'
+
+    def close(self):
+        """Release open files; subclasses holding handles override it."""
+
     def __del__(self):
         try:
             self.close()
-        except Exception:
+        except Exception:   # interpreter shutdown: modules may already be gone
             pass
 
+    # Items -------------------------------------------------------------------
+
     def __len__(self):
-        return self._raw_idx.size
+        return len(self._raw_idx)
 
     def __getitem__(self, idx):
         """Return (uint8 [C, H, W] image, float32 [label_dim] label)."""
-        image = self._load_raw_image(self._raw_idx[idx])
-        assert isinstance(image, np.ndarray) and image.dtype == np.uint8
+        raw_idx = self._raw_idx[idx]
+        image = self._load_raw_image(raw_idx)
         if list(image.shape) != self.image_shape:
-            raise DatasetError(f'{self._describe_raw(self._raw_idx[idx])}: shape {list(image.shape)} differs from '
+            raise DatasetError(f'{self._describe_raw(raw_idx)}: shape {list(image.shape)} differs from '
                                f'the dataset shape {self.image_shape}; re-create the dataset with dataset_tool.py')
         if self._xflip[idx]:
             image = image[:, :, ::-1]
-        return image.copy(), self.get_label(idx)
-
-    def _describe_raw(self, raw_idx):
-        return f'image {raw_idx}'
+        # A copy: the caller may write into it, and a mirrored view is not contiguous.
+        return np.array(image, dtype=np.uint8, copy=True), self.get_label(idx)
 
     def get_label(self, idx):
         """float32 [label_dim]: one-hot for integer labels, the stored vector otherwise."""
@@ -140,65 +144,55 @@ class Dataset(torch.utils.data.Dataset):
         """float32 [len(indices), label_dim]: the label of each index (see get_label), in one numpy operation."""
         indices = np.asarray(indices, dtype=np.int64)
         raw = self._get_raw_labels()[self._raw_idx[indices]]
-        if raw.dtype == np.int64:
-            out = np.zeros([len(indices)] + list(self.label_shape), dtype=np.float32)
-            out[np.arange(len(indices)), raw] = 1
-            return out
-        return raw.astype(np.float32, copy=True)
+        if raw.dtype != np.int64:
+            return raw.astype(np.float32, copy=True)
+        return np.eye(self.label_dim, dtype=np.float32)[raw]   # one-hot rows
 
     def get_details(self, idx):
         """EasyDict(raw_idx, xflip, raw_label) for item `idx`."""
-        return EasyDict(raw_idx=int(self._raw_idx[idx]), xflip=bool(self._xflip[idx]),
-                        raw_label=self._get_raw_labels()[self._raw_idx[idx]].copy())
+        raw_idx = int(self._raw_idx[idx])
+        return EasyDict(raw_idx=raw_idx, xflip=bool(self._xflip[idx]), raw_label=self._get_raw_labels()[raw_idx].copy())
 
     def class_counts(self):
         """int64 [label_dim]: images per class among the selected images (mirrored copies not counted)."""
         if not self.has_onehot_labels:
             raise DatasetError(f'dataset {self._name!r} has no integer class labels (use_labels='
                                f'{self._use_labels}); class counts need labels in dataset.json')
-        unique_idx = self._raw_idx[self._xflip == 0]
-        labels = self._get_raw_labels()[unique_idx]
-        return np.bincount(labels, minlength=self.label_dim).astype(np.int64)
+        originals = self._raw_idx[self._xflip == 0]
+        return np.bincount(self._get_raw_labels()[originals], minlength=self.label_dim).astype(np.int64)
 
-    @property
-    def name(self):
-        return self._name
+    # Shape and label facts (the names metrics, tools and upstream code read) -----
 
-    @property
-    def image_shape(self):
-        return list(self._raw_shape[1:])
-
-    @property
-    def num_channels(self):
-        return self.image_shape[0]
+    name = property(lambda self: self._name)
+    image_shape = property(lambda self: list(self._raw_shape[1:]), doc='[C, H, W]')
+    num_channels = property(lambda self: self._raw_shape[1])
+    has_onehot_labels = property(lambda self: self._get_raw_labels().dtype == np.int64,
+                                 doc='integer class labels (served one-hot)?')
+    has_labels = property(lambda self: any(self.label_shape), doc='a label of non-zero length?')
 
     @property
     def resolution(self):
-        assert self.image_shape[1] == self.image_shape[2]
-        return self.image_shape[1]
+        height, width = self._raw_shape[2:]
+        if height != width:
+            raise DatasetError(f'dataset {self._name!r} has {width}x{height} images; square images are needed')
+        return height
 
     @property
     def label_shape(self):
+        """[number of classes] for integer labels, [D] for vector labels, [0] without labels."""
         if self._label_shape is None:
-            raw_labels = self._get_raw_labels()
-            if raw_labels.dtype == np.int64:
-                self._label_shape = [int(raw_labels.max()) + 1 if raw_labels.size else 0]
+            labels = self._get_raw_labels()
+            if labels.dtype == np.int64:
+                self._label_shape = [int(labels.max()) + 1 if labels.size else 0]
             else:
-                self._label_shape = list(raw_labels.shape[1:])
+                self._label_shape = list(labels.shape[1:])
         return list(self._label_shape)
 
     @property
     def label_dim(self):
-        assert len(self.label_shape) == 1
+        if len(self.label_shape) != 1:
+            raise DatasetError(f'dataset {self._name!r} has labels of shape {self.label_shape}; one axis is needed')
         return self.label_shape[0]
-
-    @property
-    def has_labels(self):
-        return any(x != 0 for x in self.label_shape)
-
-    @property
-    def has_onehot_labels(self):
-        return self._get_raw_labels().dtype == np.int64
 
 
 # ----------------------------------------------------------------------------
@@ -252,6 +246,36 @@ def _check_headers(headers, fnames, resolution):
     return [c0, h0, w0]
 
 
+class _ZipPerProcess:
+    """A ZipFile opened on first use and again in every new process.
+
+    A handle must not cross a fork (DataLoader workers) or a pickle: the child would share
+    the parent's file offset. Pickling keeps only the path.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._handle, self._owner = None, None
+
+    def handle(self):
+        if self._owner != os.getpid():
+            self._handle, self._owner = zipfile.ZipFile(self.path), os.getpid()
+        return self._handle
+
+    def close(self):
+        handle, owner = self._handle, self._owner
+        self._handle, self._owner = None, None
+        if handle is not None and owner == os.getpid():
+            handle.close()
+
+    def __getstate__(self):
+        return dict(path=self.path, _handle=None, _owner=None)
+
+
+def _extension(fname):
+    return os.path.splitext(fname)[1].lower()
+
+
 _HEADER_CACHE = {}  # (path, mtime, size, file list) -> [C, H, W]; datasets are re-opened by every metric
 
 
@@ -273,17 +297,15 @@ class ImageFolderDataset(Dataset):
                 label_file = fname
         self._path = path
         self._label_file = label_file
-        self._zipfile = None
-        self._zipfile_pid = None
+        self._zip = None     # _ZipPerProcess for a ZIP dataset
         self._label_json = None
 
         if os.path.isdir(path):
-            self._type = 'dir'
             self._all_fnames = self._list_dir(path)
-        elif os.path.isfile(path) and self._file_ext(path) == '.zip':
-            self._type = 'zip'
+        elif os.path.isfile(path) and _extension(path) == '.zip':
+            self._zip = _ZipPerProcess(path)
             try:
-                self._all_fnames = set(n for n in self._get_zipfile().namelist() if not n.endswith('/'))
+                self._all_fnames = {n for n in self._zip.handle().namelist() if not n.endswith('/')}
             except zipfile.BadZipFile as e:
                 raise DatasetError(f'{path}: not a valid ZIP archive ({e}); re-create it with dataset_tool.py') from None
         elif os.path.exists(path):
@@ -292,7 +314,7 @@ class ImageFolderDataset(Dataset):
             raise DatasetError(f'dataset path {path!r} does not exist; create a dataset with '
                                f'dataset_tool.py --source=... --dest={path}')
 
-        self._image_fnames = sorted(f for f in self._all_fnames if self._file_ext(f) in IMAGE_EXTENSIONS)
+        self._image_fnames = sorted(f for f in self._all_fnames if _extension(f) in IMAGE_EXTENSIONS)
         if label_file is not None:
             self._image_fnames = self._select_listed_images()
         if len(self._image_fnames) == 0:
@@ -311,32 +333,15 @@ class ImageFolderDataset(Dataset):
                 fnames.add(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, '/'))
         return fnames
 
-    @staticmethod
-    def _file_ext(fname):
-        return os.path.splitext(fname)[1].lower()
-
-    def _get_zipfile(self):
-        assert self._type == 'zip'
-        # A ZipFile handle must not cross a fork or a pickle: re-open it in each process.
-        if self._zipfile is None or self._zipfile_pid != os.getpid():
-            self._zipfile = zipfile.ZipFile(self._path)
-            self._zipfile_pid = os.getpid()
-        return self._zipfile
-
     def _open_file(self, fname):
-        if self._type == 'dir':
-            return open(os.path.join(self._path, fname), 'rb')
-        return self._get_zipfile().open(fname, 'r')
+        """A binary file object for an archive-relative name."""
+        if self._zip is not None:
+            return self._zip.handle().open(fname, 'r')
+        return open(os.path.join(self._path, fname), 'rb')
 
     def close(self):
-        try:
-            if self._zipfile is not None and self._zipfile_pid == os.getpid():
-                self._zipfile.close()
-        finally:
-            self._zipfile = None
-
-    def __getstate__(self):
-        return dict(self.__dict__, _zipfile=None, _zipfile_pid=None)
+        if self._zip is not None:
+            self._zip.close()
 
     def _describe_raw(self, raw_idx):
         return f'{self._path}: {self._image_fnames[raw_idx]}'
@@ -345,7 +350,7 @@ class ImageFolderDataset(Dataset):
         """Read every image header once (cached per dataset version) and check the sizes."""
         stat = os.stat(self._path)
         key = (os.path.abspath(self._path), stat.st_mtime_ns, stat.st_size, tuple(self._image_fnames))
-        if self._type == 'dir':
+        if self._zip is None:   # a folder's mtime misses edits to files in it
             key += (max(os.stat(os.path.join(self._path, f)).st_mtime_ns for f in self._image_fnames),)
         if key not in _HEADER_CACHE:
             headers = []
@@ -425,7 +430,7 @@ class ImageFolderDataset(Dataset):
         fname = self._image_fnames[raw_idx]
         with self._open_file(fname) as f:
             data = f.read()
-        if pyspng is not None and self._file_ext(fname) == '.png':
+        if pyspng is not None and _extension(fname) == '.png':
             image = pyspng.load(data)
         else:
             with PIL.Image.open(io.BytesIO(data)) as img:
