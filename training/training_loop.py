@@ -31,42 +31,47 @@ def setup_snapshot_image_grid(training_set, random_seed=0, max_size=32):
     each row filled with images of that label, cycling if a class has few images.
     """
     rnd = np.random.RandomState(random_seed)
-    gw = int(np.clip(7680 // training_set.image_shape[2], 7, max_size))
-    gh = int(np.clip(4320 // training_set.image_shape[1], 4, max_size))
-
-    if not training_set.has_labels:
-        all_indices = list(range(len(training_set)))
-        rnd.shuffle(all_indices)
-        grid_indices = [all_indices[i % len(all_indices)] for i in range(gw * gh)]
+    _channels, height, width = training_set.image_shape
+    # Enough tiles to fill a 7680x4320 screen, at least 7 x 4, at most max_size per side.
+    cols = int(np.clip(7680 // width, 7, max_size))
+    rows = int(np.clip(4320 // height, 4, max_size))
+    if training_set.has_labels:
+        picks = _grid_rows_by_label(training_set, rnd, rows, cols)
     else:
-        by_label = dict()
-        for idx in range(len(training_set)):
-            key = tuple(training_set.get_details(idx).raw_label.flat[::-1])
-            by_label.setdefault(key, []).append(idx)
-        label_order = sorted(by_label.keys())
-        for key in label_order:
-            rnd.shuffle(by_label[key])
-        grid_indices = []
-        for y in range(gh):
-            indices = by_label[label_order[y % len(label_order)]]
-            grid_indices += [indices[x % len(indices)] for x in range(gw)]
+        pool = list(range(len(training_set)))
+        rnd.shuffle(pool)
+        picks = [pool[k % len(pool)] for k in range(rows * cols)]
+    items = [training_set[idx] for idx in picks]
+    return (cols, rows), np.stack([image for image, _ in items]), np.stack([label for _, label in items])
 
-    images, labels = zip(*[training_set[i] for i in grid_indices])
-    return (gw, gh), np.stack(images), np.stack(labels)
+def _grid_rows_by_label(training_set, rnd, rows, cols):
+    """Item indices, row-major: row r shows images of the (r mod #labels)-th label in sorted order."""
+    members = {}
+    for idx in range(len(training_set)):
+        raw = np.ravel(training_set.get_details(idx).raw_label)
+        members.setdefault(tuple(raw[::-1]), []).append(idx)   # vectors sort by their last entry first
+    labels = sorted(members)
+    for label in labels:
+        rnd.shuffle(members[label])
+    picks = []
+    for r in range(rows):
+        row = members[labels[r % len(labels)]]
+        picks.extend(row[k % len(row)] for k in range(cols))
+    return picks
 
 def save_image_grid(img, fname, drange, grid_size):
     """img: [gw*gh, C, H, W] array with values in drange -> one PNG (L or RGB), row-major."""
     lo, hi = drange
-    img = np.asarray(img, dtype=np.float32)
-    img = (img - lo) * (255 / (hi - lo))
-    img = np.rint(img).clip(0, 255).astype(np.uint8)
-    gw, gh = grid_size
-    _N, C, H, W = img.shape
-    img = img.reshape(gh, gw, C, H, W).transpose(0, 3, 1, 4, 2).reshape(gh * H, gw * W, C)
-    if C == 1:
-        PIL.Image.fromarray(img[:, :, 0], 'L').save(fname)
-    else:
-        PIL.Image.fromarray(img, 'RGB').save(fname)
+    scaled = (np.asarray(img, dtype=np.float32) - lo) * (255 / (hi - lo))
+    tiles = np.rint(scaled).clip(0, 255).astype(np.uint8)
+    cols, rows = grid_size
+    channels, height, width = tiles.shape[1:]
+    # [rows*cols, C, H, W] -> [rows, H, cols, W, C] -> one [rows*H, cols*W, C] canvas.
+    canvas = tiles.reshape(rows, cols, channels, height, width).transpose(0, 3, 1, 4, 2)
+    canvas = canvas.reshape(rows * height, cols * width, channels)
+    if channels == 1:
+        canvas = canvas[:, :, 0]
+    PIL.Image.fromarray(canvas, 'L' if channels == 1 else 'RGB').save(fname)
 
 #----------------------------------------------------------------------------
 # Small helpers.
@@ -148,9 +153,9 @@ def sanitize_and_reduce_grads(params, num_gpus):
     if len(params) == 0:
         return
     flat = torch.cat([p.grad.flatten() for p in params])
-    if num_gpus > 1:
+    if num_gpus > 1:   # sum over ranks, then the mean
         torch.distributed.all_reduce(flat)
-        flat /= num_gpus
+        flat.div_(num_gpus)
     torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
     for p, g in zip(params, flat.split([p.numel() for p in params])):
         p.grad = g.reshape(p.shape)
@@ -192,10 +197,11 @@ def make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_re
 
 def update_ema(G, G_ema, cur_nimg, batch_size, ema_kimg, ema_rampup):
     """G_ema <- lerp(G, G_ema, beta), beta = 0.5 ** (batch / ema_nimg); buffers copied."""
-    ema_nimg = ema_kimg * 1000
+    # Half-life in images; the ramp-up keeps it below a fraction of the images seen so far.
+    half_life = ema_kimg * 1000
     if ema_rampup is not None:
-        ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
-    ema_beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+        half_life = min(half_life, cur_nimg * ema_rampup)
+    ema_beta = 0.5 ** (batch_size / max(half_life, 1e-8))
     with torch.no_grad():
         params = dict(G.named_parameters())
         ema_params = [p for _name, p in G_ema.named_parameters()]
@@ -326,9 +332,7 @@ def training_loop(
     total_nimg = int(total_kimg * 1000)
     log(f'Training for {total_kimg} kimg...')
     log()
-    tick_start_nimg = cur_nimg
-    tick_start_time = time.time()
-    maintenance_time = tick_start_time - start_time
+    tick_start_nimg, tick_start_time, maintenance_time = start_tick(cur_nimg, start_time)
     if progress_fn is not None:
         progress_fn(cur_nimg, total_nimg)
     state = dnnlib.EasyDict(cur_nimg=cur_nimg, batch_idx=batch_idx, cur_tick=cur_tick, batch_size=batch_size,
@@ -388,9 +392,7 @@ def training_loop(
 
         set_rng_state(rng_state)
         cur_tick += 1
-        tick_start_nimg = cur_nimg
-        tick_start_time = time.time()
-        maintenance_time = tick_start_time - tick_end_time
+        tick_start_nimg, tick_start_time, maintenance_time = start_tick(cur_nimg, tick_end_time)
 
     if writer is not None:
         writer.close()
@@ -566,6 +568,12 @@ def generate_grid(G_ema, grid_z, grid_c, batch):
             img = img[0]
         images.append(img.cpu())
     return torch.cat(images).numpy()
+
+def start_tick(cur_nimg, busy_since):
+    """(images, wall time) at the start of a tick, and the seconds spent outside training since
+    `busy_since` (setup, or the previous tick's reports, snapshots and metrics)."""
+    now = time.time()
+    return cur_nimg, now, now - busy_since
 
 def tick_report(cur_tick, cur_nimg, total_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time, maintenance_time,
                 device, plugins, augment_pipe):
