@@ -97,39 +97,47 @@ class FeatureStats:
     Covariance is the population covariance (divide by n), accumulated in float64.
     """
     def __init__(self, capture_all=False, capture_mean_cov=False, max_items=None):
-        self.capture_all = capture_all
-        self.capture_mean_cov = capture_mean_cov
-        self.max_items = max_items
+        self.capture_all, self.capture_mean_cov, self.max_items = capture_all, capture_mean_cov, max_items
         self.num_items = 0
-        self.num_features = None
-        self.all_features = []
-        self.raw_mean = None
-        self.raw_cov = None
+        self.num_features = None            # fixed by the first batch
+        self.all_features = []              # float32 [n, D] blocks, when capture_all
+        self.raw_mean = self.raw_cov = None # float64 sums of x and of x^T x, when capture_mean_cov
 
     def is_full(self):
         return self.max_items is not None and self.num_items >= self.max_items
 
+    def _room(self):
+        """How many more rows are kept (None: no limit)."""
+        return None if self.max_items is None else max(self.max_items - self.num_items, 0)
+
+    def _fix_width(self, dim):
+        self.num_features = dim
+        if self.capture_mean_cov:
+            self.raw_mean = np.zeros([dim], dtype=np.float64)
+            self.raw_cov = np.zeros([dim, dim], dtype=np.float64)
+
     def append(self, x):
         """x: [N, D] array; rows beyond max_items are dropped."""
         x = np.asarray(x, dtype=np.float32)
-        assert x.ndim == 2
-        if self.max_items is not None:
-            x = x[:max(self.max_items - self.num_items, 0)]
+        if x.ndim != 2:
+            raise ValueError(f'FeatureStats.append expects [N, D] features, got shape {x.shape}')
+        x = x[:self._room()]
         if self.num_features is None:
-            self.num_features = x.shape[1]
-            if self.capture_mean_cov:
-                self.raw_mean = np.zeros([self.num_features], dtype=np.float64)
-                self.raw_cov = np.zeros([self.num_features, self.num_features], dtype=np.float64)
-        assert x.shape[1] == self.num_features
-        if x.shape[0] == 0:
+            self._fix_width(x.shape[1])
+        if x.shape[1] != self.num_features:
+            raise ValueError(f'FeatureStats: {x.shape[1]} features per row after {self.num_features}')
+        if len(x) == 0:
             return
-        self.num_items += x.shape[0]
+        if self.capture_mean_cov:
+            self._add_moments(x.astype(np.float64))
         if self.capture_all:
             self.all_features.append(x)
-        if self.capture_mean_cov:
-            x64 = x.astype(np.float64)
-            self.raw_mean += x64.sum(axis=0)
-            self.raw_cov += x64.T @ x64
+        self.num_items += len(x)
+
+    def _add_moments(self, rows):
+        # float64 sums: the covariance is a difference of large terms (get_mean_cov).
+        self.raw_cov += rows.T @ rows
+        self.raw_mean += rows.sum(axis=0)
 
     def get_all(self):
         """[num_items, D] float32."""
