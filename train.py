@@ -33,6 +33,9 @@ CFG_SPECS = {
     'paper512':  dict(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),
     'paper1024': dict(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),
     'cifar':     dict(ref_gpus=2,  kimg=100000, mb=64, mbstd=32, fmaps=1,   lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2),
+    # DiffAugment's few-shot preset (its StyleGAN2 PyTorch code); ref_gpus -1: the batch is split over --gpus.
+    'low_shot':  dict(ref_gpus=-1, kimg=300,    mb=8,  mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=2,
+                      snap=10),
     # CPU preset: small channel counts, 2 mapping layers, a high learning rate and no style mixing (runs of
     # minutes, not days), ticks every 0.1 kimg (~12 iterations), 8x8 grids.
     'tiny':      dict(ref_gpus=1,  kimg=20,     mb=8,  mbstd=4,  fmaps=1/16, lrate=0.005,  gamma=0.05, ema=1,  ramp=0.05, map=2,
@@ -127,19 +130,27 @@ def load_training_set(data, labels, cond, mirror, subset, seed):
         kwargs.xflip = True
     return kwargs, name, kwargs.max_size
 
-def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed, batch_gpu=None):
+def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed, batch_gpu=None, map_layers=None, pl_weight=None,
+                reg_gain='interval'):
     """Network / optimizer / loss config from the --cfg preset and the overrides."""
     if cfg not in CFG_SPECS:
         raise click.UsageError(f'unknown --cfg "{cfg}"; choose one of: {", ".join(CFG_SPECS)}')
     spec = dnnlib.EasyDict(CFG_SPECS[cfg])
-    if cfg == 'auto':
+    if spec.ref_gpus == -1:
         spec.ref_gpus = gpus
+    if cfg == 'auto':
         spec.mb = max(min(gpus * min(4096 // res, 32), 64), gpus)
         spec.mbstd = min(spec.mb // gpus, 4)
         spec.fmaps = 1 if res >= 512 else 0.5
         spec.lrate = 0.002 if res >= 1024 else 0.0025
         spec.gamma = 0.0002 * (res ** 2) / spec.mb
         spec.ema = spec.mb * 10 / 32
+    if map_layers is not None:
+        if map_layers < 1:
+            raise click.UsageError(f'--map={map_layers}: the mapping network needs at least 1 layer')
+        spec.map = map_layers
+    if pl_weight is not None and pl_weight < 0:
+        raise click.UsageError(f'--pl-weight={pl_weight:g} must be >= 0 (0 turns path-length regularisation off)')
 
     c = dnnlib.EasyDict()
     c.num_gpus = gpus
@@ -185,6 +196,9 @@ def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed, batch_gpu=
         c.loss_kwargs.pl_weight = 0
         c.loss_kwargs.style_mixing_prob = 0
         c.D_kwargs.architecture = 'orig'
+    if pl_weight is not None:
+        c.loss_kwargs.pl_weight = pl_weight
+    c.loss_kwargs.reg_gain = reg_gain
     if cfg == 'tiny':   # float32 everywhere: the CPU has no fast fp16
         c.G_kwargs.synthesis_kwargs.num_fp16_res = c.D_kwargs.num_fp16_res = 0
         c.loss_kwargs.style_mixing_prob = 0   # a regulariser that pays off in long runs, not in minutes
@@ -404,6 +418,12 @@ def run_description(kw, dataset_name, active, opts):
     desc += f'-{kw.cfg}'
     if kw.gamma is not None:
         desc += f'-gamma{kw.gamma:g}'
+    if kw.map is not None:
+        desc += f'-map{kw.map}'
+    if kw.pl_weight is not None:
+        desc += f'-pl{kw.pl_weight:g}'
+    if kw.reg_gain != 'interval':
+        desc += f'-reggain-{kw.reg_gain}'
     if kw.kimg is not None:
         desc += f'-kimg{kw.kimg:g}'
     if kw.batch is not None:
@@ -430,7 +450,7 @@ def main(**kw):
 
     training_set_kwargs, dataset_name, num_images = load_training_set(kw.data, kw.labels, kw.cond, kw.mirror, kw.subset, kw.seed)
     c = make_config(kw.gpus, kw.batch, kw.cfg, kw.gamma, kw.kimg, kw.snap, kw.tick, training_set_kwargs.resolution, kw.seed,
-                    batch_gpu=kw.batch_gpu)
+                    batch_gpu=kw.batch_gpu, map_layers=kw.map, pl_weight=kw.pl_weight, reg_gain=kw.reg_gain)
     c.training_set_kwargs = training_set_kwargs
     c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=kw.workers, prefetch_factor=2)
     active, opts = configure_methods(kw, c)
@@ -467,8 +487,17 @@ def build_cli():
         click.Option(['--batch'], help='Override batch size', type=int, metavar='INT'),
         click.Option(['--batch-gpu', 'batch_gpu'], help='Images per GPU per accumulation round [default: from --cfg]; '
                      'larger is faster where memory allows (same batch, fewer rounds)', type=int, metavar='INT'),
-        click.Option(['--cfg'], help='Base config [default: auto]', type=click.Choice(list(CFG_SPECS)), default='auto'),
+        click.Option(['--cfg'], help='Base config [default: auto]; low_shot is DiffAugment\'s few-shot preset (300 kimg, '
+                     'batch 8, gamma 10, 2 mapping layers, snapshots every 10 ticks)', type=click.Choice(list(CFG_SPECS)), default='auto'),
         click.Option(['--gamma'], help='Override R1 gamma', type=float),
+        click.Option(['--map'], help='Override the number of mapping network layers [default: from --cfg: 8; auto, cifar, '
+                     'low_shot, tiny: 2]', type=int, metavar='INT'),
+        click.Option(['--pl-weight', 'pl_weight'], help='Override the path-length regularisation weight [default: 2; cifar: 0]',
+                     type=float, metavar='FLOAT'),
+        click.Option(['--reg-gain', 'reg_gain'], help='interval: the lazy R1 / path-length losses are multiplied by their '
+                     'interval (16 / 4) as in StyleGAN2-ADA; none: they are not (the UTLO code). Adam lr / betas are '
+                     'scaled for lazy steps either way [default: interval]',
+                     type=click.Choice(['interval', 'none']), default='interval'),
         click.Option(['--kimg'], help='Override training duration', type=float, metavar='KIMG'),
         click.Option(['--snap'], help='Snapshot interval in ticks [default: 50, tiny: 10]', type=int, metavar='INT'),
         click.Option(['--tick'], help='Ticks every KIMG kimg [default: 4, tiny: 0.1]', type=float, metavar='KIMG'),

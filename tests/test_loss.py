@@ -197,6 +197,36 @@ def test_path_length_penalty_and_running_mean(batch):
     assert all(p.grad is None for p in D.parameters())
     assert loss.state_dict()['pl_mean'] == pytest.approx(float(pl_mean), rel=1e-6)
 
+@pytest.mark.parametrize('phase, interval', [('Dreg', 16), ('Greg', 4)])
+def test_reg_gain_none_drops_the_interval_of_lazy_phases(batch, phase, interval):
+    """--reg-gain=none (the UTLO code): Greg / Dreg gradients are those of gain 1, not of the interval."""
+    def grads(reg_gain, gain):
+        G, D = make_nets()
+        loss = StyleGAN2Loss('cpu', G, D, r1_gamma=0.7, pl_weight=2, style_mixing_prob=0, reg_gain=reg_gain)
+        module = D if phase == 'Dreg' else G
+        module.requires_grad_(True)
+        torch.manual_seed(7)
+        loss.accumulate_gradients(phase, gain=gain, cur_nimg=0, **batch)
+        return grads_of(module)
+    unit, lazy, none = grads('interval', 1), grads('interval', interval), grads('none', interval)
+    for a, b, c in zip(unit, lazy, none):
+        assert torch.equal(c, a)                          # gain ignored
+        assert torch.equal(b, a * interval)               # the default multiplies (power of two: exact)
+    with pytest.raises(ValueError, match='reg_gain'):
+        StyleGAN2Loss('cpu', *make_nets(), reg_gain='half')
+
+def test_pl_weight_scales_the_path_length_gradient(batch):
+    def grads(pl_weight):
+        G, D = make_nets()
+        loss = StyleGAN2Loss('cpu', G, D, pl_weight=pl_weight, style_mixing_prob=0)
+        G.requires_grad_(True)
+        torch.manual_seed(7)
+        loss.accumulate_gradients('Greg', gain=4, cur_nimg=0, **batch)
+        return grads_of(G)
+    g2, g8 = grads(2), grads(8)
+    assert all(torch.equal(b, 4 * a) for a, b in zip(g2, g8))
+    assert sum(float(a.abs().sum()) for a in g2) > 0
+
 def test_reg_phases_are_noops_when_weights_are_zero(batch):
     G, D = make_nets()
     loss = StyleGAN2Loss('cpu', G, D, r1_gamma=0, pl_weight=0)

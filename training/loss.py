@@ -12,6 +12,8 @@ from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
+LAZY_PHASES = ('Greg', 'Dreg')
+REG_GAINS = ('interval', 'none')
 
 #----------------------------------------------------------------------------
 
@@ -30,10 +32,13 @@ class StyleGAN2Loss:
     phase_loss = main_loss_weight * adversarial term + regulariser + extra_loss(phase, ctx).
     Extra terms from plugins are therefore scaled by `gain` like the rest of the phase
     (gain is 1 in the main and *both phases, the regularisation interval in Greg / Dreg).
+    reg_gain: 'interval' uses the gain the loop passes for Greg / Dreg (StyleGAN2-ADA);
+    'none' replaces it by 1, as the UTLO code does (R1 then acts like gamma / 16 and the path
+    length penalty like pl_weight / 4). The lazy Adam lr / betas scaling is the loop's and stays.
     """
 
     def __init__(self, device, G, D, plugins=None, r1_gamma=10, style_mixing_prob=0.9, pl_weight=0,
-                 pl_batch_shrink=2, pl_decay=0.01, pl_no_weight_grad=False):
+                 pl_batch_shrink=2, pl_decay=0.01, pl_no_weight_grad=False, reg_gain='interval'):
         self.device = device
         self.G = G
         self.D = D
@@ -44,6 +49,9 @@ class StyleGAN2Loss:
         self.pl_batch_shrink = int(pl_batch_shrink)
         self.pl_decay = float(pl_decay)
         self.pl_no_weight_grad = bool(pl_no_weight_grad)
+        if reg_gain not in REG_GAINS:
+            raise ValueError(f'reg_gain must be one of {", ".join(REG_GAINS)}, got {reg_gain!r}')
+        self.reg_gain = reg_gain
         self.pl_mean = torch.zeros([], device=device)   # running mean of path lengths (per rank)
 
     # --- resume ---------------------------------------------------------------------------
@@ -182,6 +190,8 @@ class StyleGAN2Loss:
         Returns the ctx (EasyDict) that extra_loss saw, for tests and diagnostics.
         """
         assert phase in PHASES, f'unknown phase {phase}'
+        if self.reg_gain == 'none' and phase in LAZY_PHASES:
+            gain = 1
         do_Gmain = phase in ('Gmain', 'Gboth')
         do_Gpl = phase in ('Greg', 'Gboth') and self.pl_weight != 0
         do_Dmain = phase in ('Dmain', 'Dboth')
