@@ -1,6 +1,11 @@
 """APA, Adaptive Pseudo Augmentation (Jiang et al. 2021, "Deceive D"): with an adaptive
 probability p, real images in D's real batch are swapped for G's current fakes, still
 labelled real (methods.md section 4). No extra G forward: the fakes of the latest Gmain are reused.
+
+With several accumulation rounds per phase, every Gmain round's fakes are kept and D round r
+draws from Gmain round r's, so no fake stands in for two reals of one D phase (the reference
+never accumulates: its whole per-GPU batch is one round). Dmain and Dreg of an iteration use
+the same rounds, as in the reference.
 """
 
 import torch
@@ -63,7 +68,10 @@ class APAPlugin(Plugin):
         super().__init__(opts, device, rank, num_gpus)
         self.with_dataaug = bool(opts.get('with_dataaug', False))
         self.fixed_p = opts.get('apa_fixed_p')
-        self.pseudo = None          # [N, C, H, W] detached fakes of the latest Gmain
+        self.pseudo = []            # per Gmain round of the latest G phase: detached fakes [N, C, H, W]
+        self._new_capture = True    # the next Gmain capture starts a new list (a D phase ran since)
+        self._d_phase = None        # the D phase whose rounds are being counted
+        self._d_round = 0
         self.augment_pipe = None
         if self.with_dataaug:
             self.augment_pipe = build_augment_pipe(opts.get('augpipe') or DEFAULT_AUGPIPE, device)
@@ -79,26 +87,39 @@ class APAPlugin(Plugin):
                                         stat_name='Loss/signs/real')
 
     def extra_loss(self, phase, ctx):
-        # Capture, not a loss: the fakes G just produced become the next pseudo batch.
+        # Capture, not a loss: the fakes G just produced become this round's pseudo batch.
         if phase in GEN_PHASES and ctx.gen_img is not None:
-            self.pseudo = ctx.gen_img.detach()
+            if self._new_capture:
+                self.pseudo, self._new_capture, self._d_phase = [], False, None
+            self.pseudo.append(ctx.gen_img.detach())
         return None
+
+    def _next_pseudo(self, phase):
+        """The fakes of the Gmain round matching this D round (rounds counted per D phase), or None."""
+        self._new_capture = True
+        if phase != self._d_phase:
+            self._d_phase, self._d_round = phase, 0
+        round_idx, self._d_round = self._d_round, self._d_round + 1
+        if not self.pseudo:
+            return None
+        return self.pseudo[round_idx % len(self.pseudo)]
 
     def replace_real_batch(self, real_img, phase):
         if phase not in REAL_PHASES:
             return real_img
+        pseudo = self._next_pseudo(phase)       # counted even when p is 0, so the rounds stay aligned
         if misc.host_value(self.p) <= 0:      # known on the host unless someone else wrote p
             return real_img
         flags = torch.rand([real_img.shape[0]], device=real_img.device) < self.p
         training_stats.report('APA/replaced_fraction', flags.float())
-        if self.pseudo is None:
+        if pseudo is None:
             if not bool(flags.any()):
                 return real_img
             raise RuntimeError('APA: real samples are to be replaced but no Gmain fakes exist yet; '
                                'the Gmain phase must run before Dmain/Dreg in each iteration')
         # No `flags.any()` test in the normal path: it would stall the GPU once per D phase,
         # and with no flag set the result equals real_img anyway.
-        pseudo = match_batch(self.pseudo, real_img.shape[0]).to(real_img.device)
+        pseudo = match_batch(pseudo, real_img.shape[0]).to(real_img.device)
         return mix_batches(real_img, pseudo, flags)
 
     def augment_D_input(self, img, is_real, phase):

@@ -179,7 +179,7 @@ def test_training_loop_apa_with_ada_and_regan(tmp_path):
     assert snapshot['augment_pipe'] is not None
     assert float(snapshot['augment_pipe'].p) == pytest.approx(snapshot['resume_state']['plugins']['apa']['p'])
     assert float(apa_plugin.p) == float(apa_plugin.augment_pipe.p)
-    assert apa_plugin.pseudo is not None and apa_plugin.pseudo.shape == (4, 3, 16, 16)
+    assert len(apa_plugin.pseudo) == 1 and apa_plugin.pseudo[0].shape == (4, 3, 16, 16)   # one round of 4
     # Re-GAN ran warm-up (it 0) then sparse (it 1, 2) then dense (it 3): masks saved, G regrowing.
     regan_state = snapshot['resume_state']['plugins']['regan']
     assert regan_state['mode'] == 'dense' and len(regan_state['masks']) > 0
@@ -187,6 +187,34 @@ def test_training_loop_apa_with_ada_and_regan(tmp_path):
     assert 'Progress/augment' in stats and 'ReGAN/sparsity' in stats
     img = snapshot['G_ema'](torch.randn(2, 32), torch.zeros([2, 0]), noise_mode='const')
     assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
+
+@pytest.mark.slow
+def test_each_D_round_gets_its_own_gmain_round_fakes(tmp_path, monkeypatch):
+    """4 rounds of 4 (batch 16, batch_gpu 4), p = 1: every real is replaced. The 16 reals of the
+    Dmain phase become 16 distinct fakes, those of Gmain round r in D round r; Dreg reuses them."""
+    from plugin_train_util import make_dataset, tiny_config, train
+    seen, made = [], []
+    replace, capture = apa.APAPlugin.replace_real_batch, apa.APAPlugin.extra_loss
+    def recording_replace(self, real_img, phase):
+        out = replace(self, real_img, phase)
+        seen.append((phase, out.detach().clone()))
+        return out
+    def recording_capture(self, phase, ctx):
+        if phase == 'Gmain':
+            made.append(ctx.gen_img.detach().clone())
+        return capture(self, phase, ctx)
+    monkeypatch.setattr(apa.APAPlugin, 'replace_real_batch', recording_replace)
+    monkeypatch.setattr(apa.APAPlugin, 'extra_loss', recording_capture)
+    c = tiny_config(make_dataset(tmp_path / 'data'), tmp_path / 'run', aug='apa', kimg=0.016, apa_fixed_p=1.0)
+    c.batch_size, c.batch_gpu = 16, 4
+    train(c)
+    dmain = [img for phase, img in seen if phase == 'Dmain']
+    dreg = [img for phase, img in seen if phase == 'Dreg']
+    assert len(made) == len(dmain) == len(dreg) == 4
+    rows = torch.cat(dmain).flatten(1)
+    assert torch.unique(rows, dim=0).shape[0] == 16          # no fake in two rounds of the D phase
+    for r in range(4):
+        assert torch.equal(dmain[r], made[r]) and torch.equal(dreg[r], made[r])
 
 def test_validation_messages():
     with pytest.raises(ValueError, match='--apa-fixed-p'):
