@@ -25,24 +25,24 @@ SYM6 = [0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.04
         0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
         -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148]
 
-# Which transformations each --augpipe preset enables (multiplier 1, others 0).
-_BLIT = dict(xflip=1, rotate90=1, xint=1)
-_GEOM = dict(scale=1, rotate=1, aniso=1, xfrac=1)
-_COLOR = dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)
-augpipe_specs = {
-    'blit':   dict(**_BLIT),
-    'geom':   dict(**_GEOM),
-    'color':  dict(**_COLOR),
-    'filter': dict(imgfilter=1),
-    'noise':  dict(noise=1),
-    'cutout': dict(cutout=1),
-    'bg':     dict(**_BLIT, **_GEOM),
-    'bgc':    dict(**_BLIT, **_GEOM, **_COLOR),
-    'bgcf':   dict(**_BLIT, **_GEOM, **_COLOR, imgfilter=1),
-    'bgcfn':  dict(**_BLIT, **_GEOM, **_COLOR, imgfilter=1, noise=1),
-    'bgcfnc': dict(**_BLIT, **_GEOM, **_COLOR, imgfilter=1, noise=1, cutout=1),
-    'mnist':  dict(**_GEOM, **_COLOR),  # UTLO ref: geometric + colour, no blit.
+# --augpipe presets: which transformations each enables (multiplier 1, the others 0). Every
+# AugmentPipe keyword that switches a transformation on belongs to one group; each combined
+# preset adds the next group of the chain.
+_GROUP_OF = {
+    'xflip': 'blit', 'rotate90': 'blit', 'xint': 'blit',
+    'scale': 'geom', 'rotate': 'geom', 'aniso': 'geom', 'xfrac': 'geom',
+    'brightness': 'color', 'contrast': 'color', 'lumaflip': 'color', 'hue': 'color', 'saturation': 'color',
+    'imgfilter': 'filter', 'noise': 'noise', 'cutout': 'cutout',
 }
+_CHAIN = ['blit', 'geom', 'color', 'filter', 'noise', 'cutout']
+
+def _combine(*groups):
+    return {key: 1 for key, group in _GROUP_OF.items() if group in groups}
+
+augpipe_specs = {name: _combine(name) for name in _CHAIN}
+augpipe_specs.update({name: _combine(*_CHAIN[:length]) for length, name in
+                      [(2, 'bg'), (3, 'bgc'), (4, 'bgcf'), (5, 'bgcfn'), (6, 'bgcfnc')]})
+augpipe_specs['mnist'] = _combine('geom', 'color')   # UTLO's reference: geometric + colour, no blit
 
 #----------------------------------------------------------------------------
 # Batched homogeneous matrices. 2-D ones act on (x, y, 1), 3-D ones on (r, g, b, 1).
@@ -153,12 +153,17 @@ class AugmentPipe(torch.nn.Module):
     sync_free = None
 
     def __init__(self,
-        xflip=0, rotate90=0, xint=0, xint_max=0.125,
-        scale=0, rotate=0, aniso=0, xfrac=0, scale_std=0.2, rotate_max=1, aniso_std=0.2, xfrac_std=0.125,
-        brightness=0, contrast=0, lumaflip=0, hue=0, saturation=0, brightness_std=0.2, contrast_std=0.5,
-        hue_max=1, saturation_std=1,
-        imgfilter=0, imgfilter_bands=[1, 1, 1, 1], imgfilter_std=1,
-        noise=0, cutout=0, noise_std=0.1, cutout_size=0.5,
+        # Per group: the probability multipliers, then their ranges.
+        xflip=0, rotate90=0, xint=0,
+        xint_max=0.125,
+        scale=0, rotate=0, aniso=0, xfrac=0,
+        scale_std=0.2, rotate_max=1, aniso_std=0.2, xfrac_std=0.125,
+        brightness=0, contrast=0, lumaflip=0, hue=0, saturation=0,
+        brightness_std=0.2, contrast_std=0.5, hue_max=1, saturation_std=1,
+        imgfilter=0,
+        imgfilter_bands=[1, 1, 1, 1], imgfilter_std=1,
+        noise=0, cutout=0,
+        noise_std=0.1, cutout_size=0.5,
     ):
         super().__init__()
         self.register_buffer('p', torch.zeros([]))
