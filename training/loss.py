@@ -171,14 +171,19 @@ class StyleGAN2Loss:
             training_stats.report('Loss/D/loss', loss_Dgen + loss_Dreal if loss_Dgen is not None else loss_Dreal)
             total = total + loss_Dreal.mean() * weight
         if do_r1:
-            with conv2d_gradfix.no_weight_gradients():   # d/dx only; weights get theirs via the penalty's backward
-                grads = torch.autograd.grad(outputs=[logits.sum()], inputs=[real], create_graph=True, only_inputs=True)[0]
-            r1_penalty = grads.square().sum([1, 2, 3])
-            loss_Dr1 = r1_penalty * (self.r1_gamma / 2)
-            training_stats.report('Loss/r1_penalty', r1_penalty)
+            loss_Dr1 = self._r1_penalty(logits, real) * (self.r1_gamma / 2)
             training_stats.report('Loss/D/reg', loss_Dr1)
             total = total + loss_Dr1.mean()
         return total
+
+    @staticmethod
+    def _r1_penalty(logits, real):
+        """Squared norm of d(sum of logits)/d(real image), per image [N]; differentiable (create_graph)."""
+        with conv2d_gradfix.no_weight_gradients():   # d/dx only; weights get theirs via the penalty's backward
+            grads = torch.autograd.grad(outputs=[logits.sum()], inputs=[real], create_graph=True, only_inputs=True)[0]
+        penalty = grads.square().sum([1, 2, 3])
+        training_stats.report('Loss/r1_penalty', penalty)
+        return penalty
 
     # --- entry point --------------------------------------------------------------------------
 
