@@ -70,11 +70,9 @@ def rand_cutout(x, ratio=CUTOUT_RATIO):
     mask[gb, gy, gx] = 0
     return x * mask.unsqueeze(1)
 
-POLICY_OPS = {
-    'color': [rand_brightness, rand_saturation, rand_contrast],
-    'translation': [rand_translation],
-    'cutout': [rand_cutout],
-}
+# Each --diffaug-policy name and the functions it applies, in this order.
+POLICY_OPS = dict(color=[rand_brightness, rand_saturation, rand_contrast], translation=[rand_translation],
+                  cutout=[rand_cutout])
 
 def parse_policy(policy):
     """'color,cutout' -> ['color', 'cutout']; raises ValueError naming the valid ops."""
