@@ -26,21 +26,24 @@ from plugins.ada import DEFAULT_AUGPIPE, DEFAULT_TARGET
 #----------------------------------------------------------------------------
 # Presets (methods.md section 0). fmaps scales channel_base = fmaps * 32768.
 
-CFG_SPECS = {
-    'auto':      dict(ref_gpus=-1, kimg=25000,  mb=-1, mbstd=-1, fmaps=-1,  lrate=-1,     gamma=-1,   ema=-1,  ramp=0.05, map=2),
-    'stylegan2': dict(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=8),
-    'paper256':  dict(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=0.5, lrate=0.0025, gamma=1,    ema=20,  ramp=None, map=8),
-    'paper512':  dict(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),
-    'paper1024': dict(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),
-    'cifar':     dict(ref_gpus=2,  kimg=100000, mb=64, mbstd=32, fmaps=1,   lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2),
-    # DiffAugment's few-shot preset (its StyleGAN2 PyTorch code); ref_gpus -1: the batch is split over --gpus.
-    'low_shot':  dict(ref_gpus=-1, kimg=300,    mb=8,  mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=2,
-                      snap=10),
-    # CPU preset: small channel counts, 2 mapping layers, a high learning rate and no style mixing (runs of
-    # minutes, not days), ticks every 0.1 kimg (~12 iterations), 8x8 grids.
-    'tiny':      dict(ref_gpus=1,  kimg=20,     mb=8,  mbstd=4,  fmaps=1/16, lrate=0.005,  gamma=0.05, ema=1,  ramp=0.05, map=2,
-                      channel_max=64, tick=0.1, snap=10, grid=8),
-}
+_CFG_FIELDS = ('ref_gpus', 'kimg', 'mb', 'mbstd', 'fmaps', 'lrate', 'gamma', 'ema', 'ramp', 'map')
+_CFG_TABLE = [  # -1: derived from the resolution and GPU count ('auto')
+    # name        ref_gpus  kimg     mb  mbstd  fmaps  lrate   gamma  ema   ramp  map
+    ('auto',      -1,       25000,   -1, -1,    -1,    -1,     -1,    -1,   0.05, 2),
+    ('stylegan2', 8,        25000,   32, 4,     1,     0.002,  10,    10,   None, 8),
+    ('paper256',  8,        25000,   64, 8,     0.5,   0.0025, 1,     20,   None, 8),
+    ('paper512',  8,        25000,   64, 8,     1,     0.0025, 0.5,   20,   None, 8),
+    ('paper1024', 8,        25000,   32, 4,     1,     0.002,  2,     10,   None, 8),
+    ('cifar',     2,        100000,  64, 32,    1,     0.0025, 0.01,  500,  0.05, 2),
+    ('low_shot',  -1,       300,     8,  4,     1,     0.002,  10,    10,   None, 2),
+    ('tiny',      1,        20,      8,  4,     1/16,  0.005,  0.05,  1,    0.05, 2),
+]
+CFG_SPECS = {row[0]: dict(zip(_CFG_FIELDS, row[1:])) for row in _CFG_TABLE}
+# DiffAugment's few-shot preset (its StyleGAN2 PyTorch code); ref_gpus -1: the batch is split over --gpus.
+CFG_SPECS['low_shot'].update(snap=10)
+# CPU preset: small channel counts, 2 mapping layers, a high learning rate and no style mixing (runs of
+# minutes, not days), ticks every 0.1 kimg (~12 iterations), 8x8 grids.
+CFG_SPECS['tiny'].update(channel_max=64, tick=0.1, snap=10, grid=8)
 
 RESUME_SPECS = {   # upstream's pretrained networks, by their usual short names
     'ffhq256':     'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl',
