@@ -47,21 +47,20 @@ torch::Tensor run(const torch::Tensor& in, const torch::Tensor& bias, const torc
     if (in.numel() == 0)
         return out;
 
-    BiasActArgs p;
-    p.in = in.data_ptr();
-    p.bias = bias.numel() ? bias.data_ptr() : nullptr;
-    p.xref = optional_like(xref, in, "xref");
-    p.yref = optional_like(yref, in, "yref");
-    p.out = out.data_ptr();
-    p.numel = in.numel();
-    p.bias_len = bias.numel() ? in.size(dim) : 0;
-    p.bias_stride = in.stride(dim) > 0 ? in.stride(dim) : 1;
-    p.act = int(act);
-    p.order = int(order);
-    p.alpha = alpha;
-    p.gain = gain;
-    p.clamp = clamp;
-    cudaError_t err = launch_bias_act(p, dtype_of(in), c10::cuda::getCurrentCUDAStream().stream());
+    const bool has_bias = bias.numel() > 0;
+    const BiasActArgs args = {                           // in the field order of bias_act.h
+        in.data_ptr(),
+        has_bias ? bias.data_ptr() : nullptr,
+        optional_like(xref, in, "xref"),
+        optional_like(yref, in, "yref"),
+        out.data_ptr(),
+        in.numel(),
+        has_bias ? in.size(dim) : 0,                     // bias_len
+        in.stride(dim) > 0 ? in.stride(dim) : 1,         // bias_stride (a size-1 axis may have 0)
+        int(act), int(order),
+        alpha, gain, clamp,
+    };
+    cudaError_t err = launch_bias_act(args, dtype_of(in), c10::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(err == cudaSuccess, "bias_act: kernel launch failed: ", cudaGetErrorString(err));
     return out;
 }

@@ -24,20 +24,30 @@ from torch_utils import custom_ops
 #                 freed), 'x' = the input, '' = neither
 #   has_2nd_grad  whether f'' is nonzero anywhere (else double backward needs no kernel)
 
-def _swish(x, **_):
-    return torch.sigmoid(x) * x
+def _activation(cuda_idx, func, def_gain=1.0, def_alpha=0.0, ref='y', has_2nd_grad=True):
+    return dnnlib.EasyDict(func=func, def_alpha=def_alpha, def_gain=def_gain, cuda_idx=cuda_idx, ref=ref,
+                           has_2nd_grad=has_2nd_grad)
 
+def _alpha_free(fn):
+    """f(x, alpha) for an activation without a parameter."""
+    return lambda x, alpha=None: fn(x)
+
+_SQRT2 = math.sqrt(2)   # relu-like activations halve the variance; this gain restores it
+_nn = torch.nn.functional
 
 activation_funcs = {
-    'linear':   dnnlib.EasyDict(func=lambda x, **_: x,                                   def_alpha=0,   def_gain=1,            cuda_idx=1, ref='',  has_2nd_grad=False),
-    'relu':     dnnlib.EasyDict(func=lambda x, **_: torch.nn.functional.relu(x),         def_alpha=0,   def_gain=math.sqrt(2), cuda_idx=2, ref='y', has_2nd_grad=False),
-    'lrelu':    dnnlib.EasyDict(func=lambda x, alpha, **_: torch.nn.functional.leaky_relu(x, alpha), def_alpha=0.2, def_gain=math.sqrt(2), cuda_idx=3, ref='y', has_2nd_grad=False),
-    'tanh':     dnnlib.EasyDict(func=lambda x, **_: torch.tanh(x),                       def_alpha=0,   def_gain=1,            cuda_idx=4, ref='y', has_2nd_grad=True),
-    'sigmoid':  dnnlib.EasyDict(func=lambda x, **_: torch.sigmoid(x),                    def_alpha=0,   def_gain=1,            cuda_idx=5, ref='y', has_2nd_grad=True),
-    'elu':      dnnlib.EasyDict(func=lambda x, **_: torch.nn.functional.elu(x),          def_alpha=0,   def_gain=1,            cuda_idx=6, ref='y', has_2nd_grad=True),
-    'selu':     dnnlib.EasyDict(func=lambda x, **_: torch.nn.functional.selu(x),         def_alpha=0,   def_gain=1,            cuda_idx=7, ref='y', has_2nd_grad=True),
-    'softplus': dnnlib.EasyDict(func=lambda x, **_: torch.nn.functional.softplus(x),     def_alpha=0,   def_gain=1,            cuda_idx=8, ref='y', has_2nd_grad=True),
-    'swish':    dnnlib.EasyDict(func=_swish,                                             def_alpha=0,   def_gain=math.sqrt(2), cuda_idx=9, ref='x', has_2nd_grad=True),
+    # Piecewise linear: f'' = 0, the backward only needs the sign pattern, read off y.
+    'linear':   _activation(1, _alpha_free(lambda x: x), ref='', has_2nd_grad=False),
+    'relu':     _activation(2, _alpha_free(_nn.relu), def_gain=_SQRT2, has_2nd_grad=False),
+    'lrelu':    _activation(3, lambda x, alpha: _nn.leaky_relu(x, alpha), def_gain=_SQRT2, def_alpha=0.2, has_2nd_grad=False),
+    # Smooth, with f' expressible in y ...
+    'tanh':     _activation(4, _alpha_free(torch.tanh)),
+    'sigmoid':  _activation(5, _alpha_free(torch.sigmoid)),
+    'elu':      _activation(6, _alpha_free(_nn.elu)),
+    'selu':     _activation(7, _alpha_free(_nn.selu)),
+    'softplus': _activation(8, _alpha_free(_nn.softplus)),
+    # ... except swish, whose derivative needs x.
+    'swish':    _activation(9, _alpha_free(lambda x: x * torch.sigmoid(x)), def_gain=_SQRT2, ref='x'),
 }
 
 #----------------------------------------------------------------------------
@@ -53,10 +63,9 @@ def _resolve(act, alpha, gain, clamp):
     if act not in activation_funcs:
         raise ValueError(f'unknown activation {act!r}; choose one of {sorted(activation_funcs)}')
     spec = activation_funcs[act]
-    alpha = float(alpha if alpha is not None else spec.def_alpha)
-    gain = float(gain if gain is not None else spec.def_gain)
-    clamp = float(clamp if clamp is not None else -1)
-    return spec, alpha, gain, clamp
+    chosen = [spec.def_alpha if alpha is None else alpha, spec.def_gain if gain is None else gain,
+              -1 if clamp is None else clamp]   # clamp < 0: no clamping
+    return (spec, *map(float, chosen))
 
 
 def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, impl='cuda'):
@@ -98,12 +107,9 @@ def _bias_act_ref(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=N
         shape = [1] * x.ndim
         shape[dim] = -1
         x = x + b.reshape(shape)
-    x = spec.func(x, alpha=alpha)
-    if gain != 1:
-        x = x * gain
-    if clamp >= 0:
-        x = x.clamp(-clamp, clamp)
-    return x
+    y = spec.func(x, alpha=alpha)
+    y = y if gain == 1 else y * gain
+    return y if clamp < 0 else y.clamp(-clamp, clamp)
 
 #----------------------------------------------------------------------------
 # CUDA path: three autograd Functions per (dim, act, alpha, gain, clamp), built once.
@@ -172,31 +178,31 @@ def _bias_act_cuda(dim=1, act='linear', alpha=None, gain=None, clamp=None):
                 db = reduce_bias(dx)
             return dx, db
 
+    def kernel_grad(order, g, x, b, y):
+        """g * gain * f'(x + b) (order 1) or f'' (order 2), zero outside the clamp, by the kernel."""
+        # The kernel walks g, x and y with one set of strides: lay them out like y (or x, or g).
+        layout = y if y.numel() else _make_dense(x if x.numel() else g)
+        g, x, y = _dense_like(layout, g, x, y)
+        unused = g.new_empty([0])
+        return _load_plugin().grad(g, x if use_x else unused, b.contiguous() if use_x else unused,
+                                   y if use_y else unused, dim, spec.cuda_idx, alpha, gain, clamp, order)
+
     class BiasActCudaGrad(torch.autograd.Function):
         @staticmethod
         def forward(ctx, dy, x, b, y):
-            plugin = _load_plugin()
-            ref = y if y.numel() else (_make_dense(x) if x.numel() else _make_dense(dy))
-            kdy, kx, ky = _dense_like(ref, dy, x, y)
-            dx = plugin.grad(kdy, kx if use_x else dy.new_empty([0]), b.contiguous() if use_x else dy.new_empty([0]),
-                             ky if use_y else dy.new_empty([0]), dim, spec.cuda_idx, alpha, gain, clamp, 1)
             ctx.save_for_backward(dy if spec.has_2nd_grad else dy.new_empty([0]), x, b, y)
-            return dx
+            return kernel_grad(1, dy, x, b, y)
 
         @staticmethod
         def backward(ctx, d_dx):
             dy, x, b, y = ctx.saved_tensors
-            d_dy = d_x = d_b = None
-            if ctx.needs_input_grad[0]:
-                d_dy = BiasActCudaGrad.apply(d_dx, x, b, y)
-            if spec.has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-                plugin = _load_plugin()
-                ref = y if y.numel() else _make_dense(x)
-                g, kx, ky = _dense_like(ref, d_dx * dy, x, y)
-                d_x = plugin.grad(g, kx if use_x else g.new_empty([0]), b.contiguous() if use_x else g.new_empty([0]),
-                                  ky if use_y else g.new_empty([0]), dim, spec.cuda_idx, alpha, gain, clamp, 2)
-                if ctx.needs_input_grad[2] and b.numel():
-                    d_b = reduce_bias(d_x)
+            wants_dy, wants_x, wants_b = ctx.needs_input_grad[:3]
+            # Linear in dy: its derivative is this same Function applied to d_dx.
+            d_dy = BiasActCudaGrad.apply(d_dx, x, b, y) if wants_dy else None
+            d_x = d_b = None
+            if spec.has_2nd_grad and (wants_x or wants_b):
+                d_x = kernel_grad(2, d_dx * dy, x, b, y)
+                d_b = reduce_bias(d_x) if wants_b and b.numel() else None
             return d_dy, d_x, d_b, None
 
     _cuda_cache[key] = BiasActCuda

@@ -26,13 +26,12 @@ def no_weight_gradients(disable=True):
     taken outside the block) still reach the weights: they flow through the input gradient.
     """
     global weight_gradients_disabled
-    old = weight_gradients_disabled
-    if disable:
-        weight_gradients_disabled = True
+    outer = weight_gradients_disabled
+    weight_gradients_disabled = outer or bool(disable)    # nested blocks never re-enable
     try:
         yield
     finally:
-        weight_gradients_disabled = old
+        weight_gradients_disabled = outer
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

@@ -23,6 +23,20 @@ def _conv(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True
     return conv2d_gradfix.conv2d(x, w, stride=stride, padding=padding, groups=groups)
 
 
+def _filter_margins(taps, up, down):
+    """(before, after) padding along one axis that keeps a `taps`-long FIR filter centred on
+    the resampled grid: taps - 1 pixels in all around upsampling, taps - down around
+    downsampling."""
+    before = after = 0
+    if up > 1:
+        lead = (taps + up - 1) // 2
+        before, after = lead, taps - 1 - lead
+    if down > 1:
+        lead = (taps - down + 1) // 2
+        before, after = before + lead, after + taps - down - lead
+    return before, after
+
+
 def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, flip_filter=False):
     """Convolve x with w, with FIR up/downsampling around the conv.
 
@@ -53,16 +67,8 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
     px0, px1, py0, py1 = _parse_padding(padding)
 
     # Widen the padding by the filter's support so the output stays aligned and sized.
-    if up > 1:
-        px0 += (fw + up - 1) // 2
-        px1 += (fw - up) // 2
-        py0 += (fh + up - 1) // 2
-        py1 += (fh - up) // 2
-    if down > 1:
-        px0 += (fw - down + 1) // 2
-        px1 += (fw - down) // 2
-        py0 += (fh - down + 1) // 2
-        py1 += (fh - down) // 2
+    (mx0, mx1), (my0, my1) = _filter_margins(fw, up, down), _filter_margins(fh, up, down)
+    px0, px1, py0, py1 = px0 + mx0, px1 + mx1, py0 + my0, py1 + my1
 
     # 1x1 kernel and downsampling: filter+downsample first, then the (cheap) conv.
     if kw == 1 and kh == 1 and down > 1 and up == 1:
@@ -89,10 +95,8 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
             wt = wt.transpose(1, 2).reshape(groups * in_per_group, out_channels // groups, kh, kw)
         # The transposed conv's output is the zero-inserted input padded by k-1 on the left and
         # k-up on the right, convolved; move that padding out of the filter's.
-        px0 -= kw - 1
-        px1 -= kw - up
-        py0 -= kh - 1
-        py1 -= kh - up
+        built_in = (kw - 1, kw - up, kh - 1, kh - up)
+        px0, px1, py0, py1 = (p - q for p, q in zip((px0, px1, py0, py1), built_in))
         pxt = max(min(-px0, -px1), 0)   # padding the transposed conv can crop itself
         pyt = max(min(-py0, -py1), 0)
         x = _conv(x, wt, stride=up, padding=[pyt, pxt], groups=groups, transpose=True,

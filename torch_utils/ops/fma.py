@@ -25,21 +25,19 @@ def _sum_to_shape(t, shape):
 
 
 class _FusedMultiplyAdd(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, b, c):
-        out = torch.addcmul(c, a, b)
-        ctx.save_for_backward(a, b)
-        ctx.c_shape = c.shape
-        return out
+    # addcmul computes c + a * b in one pass; its autograd would not reduce broadcast operands.
 
     @staticmethod
-    def backward(ctx, dout):
+    def forward(ctx, a, b, c):
+        ctx.save_for_backward(a, b)
+        ctx.addend_shape = c.shape
+        return torch.addcmul(c, a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
         a, b = ctx.saved_tensors
-        da = db = dc = None
-        if ctx.needs_input_grad[0]:
-            da = _sum_to_shape(dout * b, a.shape)
-        if ctx.needs_input_grad[1]:
-            db = _sum_to_shape(dout * a, b.shape)
-        if ctx.needs_input_grad[2]:
-            dc = _sum_to_shape(dout, ctx.c_shape)
-        return da, db, dc
+        wants = ctx.needs_input_grad
+        # d/da = grad * b, d/db = grad * a, d/dc = grad; each summed back to its operand's shape.
+        return (_sum_to_shape(grad * b, a.shape) if wants[0] else None,
+                _sum_to_shape(grad * a, b.shape) if wants[1] else None,
+                _sum_to_shape(grad, ctx.addend_shape) if wants[2] else None)

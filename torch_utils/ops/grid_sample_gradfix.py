@@ -63,10 +63,9 @@ class _GridSample(torch.autograd.Function):
                                                align_corners=False)
 
     @staticmethod
-    def backward(ctx, grad_output):
-        input, grid = ctx.saved_tensors
-        grad_input, grad_grid = _GridSampleBackward.apply(grad_output, input, grid)
-        return grad_input, grad_grid
+    def backward(ctx, grad):
+        # Both gradients come from one differentiable Function, so they can be differentiated again.
+        return _GridSampleBackward.apply(grad, *ctx.saved_tensors)
 
 
 class _GridSampleBackward(torch.autograd.Function):

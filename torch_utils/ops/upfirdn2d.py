@@ -34,15 +34,12 @@ def _pair(value, name):
 
 def _parse_padding(padding):
     """int, [x, y] or [x0, x1, y0, y1] -> [x0, x1, y0, y1] (negative values crop)."""
-    if isinstance(padding, (int, np.integer)):
-        padding = [padding, padding]
-    padding = [int(p) for p in padding]
-    if len(padding) == 2:
-        padx, pady = padding
-        padding = [padx, padx, pady, pady]
-    if len(padding) != 4:
-        raise ValueError(f'upfirdn2d: padding must be an int, [x, y] or [x0, x1, y0, y1], got {padding}')
-    return padding
+    values = [int(padding)] * 4 if isinstance(padding, (int, np.integer)) else [int(p) for p in padding]
+    if len(values) == 2:    # [x, y]: the same on both sides of each axis
+        values = [values[0], values[0], values[1], values[1]]
+    if len(values) != 4:
+        raise ValueError(f'upfirdn2d: padding must be an int, [x, y] or [x0, x1, y0, y1], got {values}')
+    return values
 
 
 def _filter_size(f):
@@ -85,10 +82,10 @@ def setup_filter(f, device=torch.device('cpu'), normalize=True, flip_filter=Fals
         f = f.ger(f)
     if normalize:
         f = f / f.sum()
-    if flip_filter:
-        f = f.flip(list(range(f.ndim)))
-    f = f * (gain ** (f.ndim / 2))
-    return f.to(device=device)
+    all_axes = list(range(f.ndim))
+    flipped = f.flip(all_axes) if flip_filter else f
+    # The gain spreads over the passes: all of it on one 2-D pass, its root on each 1-D pass.
+    return (flipped * gain ** (len(all_axes) / 2)).to(device=device)
 
 
 def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='cuda'):
@@ -208,22 +205,21 @@ def _upfirdn2d_cuda(up, down, padding, flip_filter, gain):
                 y = plugin.upfirdn2d(y, kf[None, :], upx, 1, downx, 1, padx0, padx1, 0, 0, flip_filter, g)
                 y = plugin.upfirdn2d(y, kf[:, None], 1, upy, 1, downy, 0, 0, pady0, pady1, flip_filter, g)
             ctx.save_for_backward(f)
-            ctx.x_shape = x.shape
+            ctx.input_size = x.shape
             return y
 
         @staticmethod
         def backward(ctx, dy):
-            f, = ctx.saved_tensors
-            _, _, ih, iw = ctx.x_shape
-            _, _, oh, ow = dy.shape
+            if not ctx.needs_input_grad[0]:
+                return None, None
+            (f,) = ctx.saved_tensors
             fw, fh = _filter_size(f)
-            gx0, gx1 = _grad_padding(iw, ow, upx, downx, padx0, fw)
-            gy0, gy1 = _grad_padding(ih, oh, upy, downy, pady0, fh)
-            dx = None
-            if ctx.needs_input_grad[0]:
-                dx = _upfirdn2d_cuda(up=(downx, downy), down=(upx, upy), padding=(gx0, gx1, gy0, gy1),
-                                     flip_filter=not flip_filter, gain=gain).apply(dy, f)
-                assert dx.shape == ctx.x_shape, (dx.shape, ctx.x_shape)
+            adjoint_padding = (*_grad_padding(ctx.input_size[3], dy.shape[3], upx, downx, padx0, fw),
+                               *_grad_padding(ctx.input_size[2], dy.shape[2], upy, downy, pady0, fh))
+            adjoint = _upfirdn2d_cuda(up=(downx, downy), down=(upx, upy), padding=adjoint_padding,
+                                      flip_filter=not flip_filter, gain=gain)
+            dx = adjoint.apply(dy, f)
+            assert dx.shape == ctx.input_size, (dx.shape, ctx.input_size)
             return dx, None
 
     _cuda_cache[key] = Upfirdn2dCuda
