@@ -194,15 +194,22 @@ def test_force_fp16(tmp_path):
 # Upstream-format pickles.
 
 _UPSTREAM_SRC = textwrap.dedent('''
-    """A network module shaped like those embedded in stylegan2-ada-pytorch pickles."""
+    """A network module shaped like those embedded in stylegan2-ada-pytorch pickles.
+
+    Upstream's embedded networks.py and augment.py re-run against our torch_utils and dnnlib;
+    this stand-in calls every name and keyword they use, so renaming or deleting one fails here.
+    """
     import numpy as np
     import torch
     from torch_utils import misc
     from torch_utils import persistence
+    from torch_utils import training_stats
     from torch_utils.ops import conv2d_resample
     from torch_utils.ops import upfirdn2d
     from torch_utils.ops import bias_act
     from torch_utils.ops import fma
+    from torch_utils.ops import conv2d_gradfix
+    from torch_utils.ops import grid_sample_gradfix
 
     @misc.profiled_function
     def scale_and_shift(x, w, b):
@@ -210,19 +217,43 @@ _UPSTREAM_SRC = textwrap.dedent('''
 
     @persistence.persistent_class
     class TinyUpstreamNet(torch.nn.Module):
-        def __init__(self, channels, resolution):
+        def __init__(self, channels, resolution, activation='lrelu'):
             super().__init__()
             self.channels = channels
             self.resolution = resolution
+            self.activation = activation
+            self.act_gain = bias_act.activation_funcs[activation].def_gain
             self.weight = torch.nn.Parameter(torch.randn([channels, channels, 3, 3]))
             self.bias = torch.nn.Parameter(torch.randn([channels]))
             self.register_buffer('resample_filter', upfirdn2d.setup_filter([1, 3, 3, 1]))
+            self.register_buffer('Hz_geom', upfirdn2d.setup_filter(np.array([0.1, 0.4, 0.4, 0.1]) * 2))
 
         def forward(self, x):
             misc.assert_shape(x, [None, self.channels, self.resolution, self.resolution])
-            x = conv2d_resample.conv2d_resample(x=x, w=self.weight, f=self.resample_filter, down=2, padding=1)
-            x = bias_act.bias_act(x, self.bias, act='lrelu')
-            return scale_and_shift(x, misc.constant(0.5), misc.constant(np.float32(1)))
+            with misc.suppress_tracer_warnings(): # upstream: group sizes of the minibatch-std layer
+                n = int(torch.min(torch.as_tensor(2), torch.as_tensor(x.shape[0])))
+            # Layers (networks.py): conv with resampling, fused bias + activation, modulated conv.
+            y = conv2d_resample.conv2d_resample(x=x, w=self.weight, f=self.resample_filter, down=2, padding=1)
+            y = bias_act.bias_act(y, self.bias, act=self.activation, gain=self.act_gain, clamp=256)
+            y = conv2d_resample.conv2d_resample(x=y, w=self.weight.to(y.dtype), f=self.resample_filter, up=2,
+                                                padding=1, flip_weight=False)
+            grouped = y[:n].reshape(1, -1, *y.shape[2:])
+            w = self.weight.repeat(n, 1, 1, 1)
+            grouped = conv2d_resample.conv2d_resample(x=grouped, w=w, f=None, padding=1, groups=n, flip_weight=True)
+            y = torch.cat([grouped.reshape(n, -1, *y.shape[2:]), y[n:]])
+            img = upfirdn2d.upsample2d(y, self.resample_filter)
+            img = upfirdn2d.downsample2d(img, self.resample_filter)
+            img = upfirdn2d.filter2d(img, self.resample_filter)
+            # Augmentation (augment.py): padded resampling, grid_sample, grouped conv, constants.
+            img = upfirdn2d.upsample2d(x=img, f=self.Hz_geom, up=2)
+            img = upfirdn2d.downsample2d(x=img, f=self.Hz_geom, down=2, padding=-2, flip_filter=True)
+            theta = misc.constant(np.array([[[0.9, 0.1, 0], [-0.1, 0.9, 0]]]), device=img.device).repeat(img.shape[0], 1, 1)
+            grid = torch.nn.functional.affine_grid(theta, list(img.shape), align_corners=False)
+            img = grid_sample_gradfix.grid_sample(img, grid)
+            kernel = misc.constant([[[[0.25, 0.5, 0.25]]]], device=img.device).repeat(img.shape[1], 1, 1, 1)
+            img = conv2d_gradfix.conv2d(input=img, weight=kernel, padding=[0, 1], groups=img.shape[1])
+            training_stats.report('stand_in/mean', img)
+            return scale_and_shift(img, misc.constant(0.5), misc.constant(np.float32(1)))
 ''')
 
 def test_upstream_format_pickle_loads_and_runs(tmp_path):
@@ -232,7 +263,7 @@ def test_upstream_format_pickle_loads_and_runs(tmp_path):
     x = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         ref = net(x)
-    assert ref.shape == (2, 4, 4, 4)
+    assert ref.shape == (2, 4, 6, 6)
     pkl = _write(tmp_path, dict(G_ema=net, training_set_kwargs=None))
     # Upstream pickles call this function by name with this exact meta.
     assert b'_reconstruct_persistent_obj' in open(pkl, 'rb').read()
