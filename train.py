@@ -168,6 +168,8 @@ def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed, batch_gpu=
         c.batch_gpu = batch // gpus
     if c.batch_size % gpus != 0:
         raise click.UsageError(f'the batch of --cfg={cfg} ({c.batch_size}) is not divisible by --gpus={gpus}; set --batch')
+    if batch_gpu == 'all':
+        batch_gpu = c.batch_size // gpus
     if batch_gpu is not None:
         if batch_gpu < 1 or (c.batch_size // gpus) % batch_gpu != 0:
             raise click.UsageError(f'--batch-gpu={batch_gpu} must divide the per-GPU batch {c.batch_size // gpus} '
@@ -400,6 +402,55 @@ def configure_metrics(kw, c):
         except (IOError, OSError, ValueError, KeyError) as err:
             raise click.UsageError(f'--metricdata={path}: cannot read the metric dataset: {err}')
 
+def speed_click_options():
+    """The speed levers (training/speed.py; docs/architecture.md, Speed)."""
+    from training import speed
+    return [
+        click.Option(['--optim-impl', 'optim_impl'], help='Adam implementation: foreach (bitwise the same steps as loop, '
+                     'fewer launches), loop, or fused (one kernel, rounds differently)', type=click.Choice(speed.OPTIM_IMPLS),
+                     default=speed.DEFAULTS['optim'], show_default=True),
+        click.Option(['--cpu-threads', 'cpu_threads'], help='CPU runs: torch threads, or "auto" = the cores other processes '
+                     'leave free, rechecked every tick [default: torch\'s own]', metavar='INT|auto'),
+        click.Option(['--channels-last', 'channels_last'], help='NHWC activations and weights in every block (fp32 ones too)',
+                     type=bool, default=False, metavar='BOOL'),
+        click.Option(['--bf16'], help='bf16 autocast in the convolution layers (styles, mapping, toRGB, D epilogue, '
+                     'augmentation and losses stay fp32)', type=bool, default=False, metavar='BOOL'),
+        click.Option(['--compile'], help='torch.compile the networks\' forward passes in Gmain / Dmain (the R1 and '
+                     'path-length phases need double backward and run eager)', type=bool, default=False, metavar='BOOL'),
+        click.Option(['--cuda-graphs', 'cuda_graphs'], help='Replay each phase step from a CUDA graph (GPU only; --aug '
+                     'noaug/fixed/diffaug/ada without --method)', type=bool, default=False, metavar='BOOL'),
+    ]
+
+class BatchGpu(click.ParamType):
+    """--batch-gpu: an int, or 'all' (kept as the string: the whole per-GPU batch in one round)."""
+    name = 'batch_gpu'
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() != 'all':
+            try:
+                return int(value)
+            except ValueError:
+                self.fail(f'{value!r} is neither a number nor "all"', param, ctx)
+        return 'all'
+
+CUDA_GRAPH_AUGS = ('noaug', 'fixed', 'diffaug', 'ada')
+
+def configure_speed(kw, c):
+    """Fold the speed levers into c; refuse the ones this device or configuration cannot run."""
+    from training import speed
+    if kw.cuda_graphs:
+        if not torch.cuda.is_available():
+            raise click.UsageError('--cuda-graphs needs a CUDA device; drop it on the CPU')
+        if kw.aug not in CUDA_GRAPH_AUGS or parse_comma_list(kw.method):
+            # Other plugins decide things on the host inside the step (loss weights, schedules),
+            # which a replayed graph would freeze at their capture-time values.
+            raise click.UsageError(f'--cuda-graphs supports --aug={"/".join(CUDA_GRAPH_AUGS)} without --method; drop it here')
+    try:
+        speed.apply_levers(c, compile=kw.compile, cuda_graphs=kw.cuda_graphs, bf16=kw.bf16, channels_last=kw.channels_last,
+                           optim=kw.optim_impl, cpu_threads=kw.cpu_threads)
+    except ValueError as err:
+        raise click.UsageError(str(err))
+
 def configure_performance(kw, c):
     if kw.fp32:
         c.G_kwargs.synthesis_kwargs.num_fp16_res = c.D_kwargs.num_fp16_res = 0
@@ -459,6 +510,7 @@ def main(**kw):
     active, opts = configure_methods(kw, c)
     configure_metrics(kw, c)
     configure_performance(kw, c)
+    configure_speed(kw, c)
     c.freezed = kw.freezed
     c.snapshot_keep = kw.snapshot_keep
     # training_loop turns the EMA ramp off for weights-only (transfer) resumes and keeps it for full ones.
@@ -488,8 +540,9 @@ def build_cli():
         click.Option(['--data'], help='Training data (directory or zip)', metavar='PATH'),
         click.Option(['--gpus'], help='Number of GPUs (processes) to use [default: 1]', type=int, default=1, metavar='INT'),
         click.Option(['--batch'], help='Override batch size', type=int, metavar='INT'),
-        click.Option(['--batch-gpu', 'batch_gpu'], help='Images per GPU per accumulation round [default: from --cfg]; '
-                     'larger is faster where memory allows (same batch, fewer rounds)', type=int, metavar='INT'),
+        click.Option(['--batch-gpu', 'batch_gpu'], help='Images per GPU per accumulation round, or "all" (one round) '
+                     '[default: from --cfg]; larger is faster where memory allows (same batch, fewer rounds; '
+                     'minibatch-stddev groups and the path-length batch follow the round)', type=BatchGpu(), metavar='INT|all'),
         click.Option(['--cfg'], help='Base config [default: auto]; low_shot is DiffAugment\'s few-shot preset (300 kimg, '
                      'batch 8, gamma 10, 2 mapping layers, snapshots every 10 ticks)', type=click.Choice(list(CFG_SPECS)), default='auto'),
         click.Option(['--gamma'], help='Override R1 gamma', type=float),
@@ -530,6 +583,7 @@ def build_cli():
         click.Option(['--nobench'], help='Disable cuDNN benchmarking', type=bool, default=False, metavar='BOOL'),
         click.Option(['--allow-tf32', 'allow_tf32'], help='Allow PyTorch to use TF32 internally', type=bool, default=False, metavar='BOOL'),
         click.Option(['--workers'], help='Override number of DataLoader workers', type=int, default=3, metavar='INT'),
+        *speed_click_options(),
     ]
     names = {p.name for p in params}
     for param in plugin_click_options():

@@ -29,6 +29,24 @@ import train  # noqa: E402  (after the path fix above)
 
 PHASES = ['Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth']
 
+# Every speed lever as the train.py arguments that switch it on (training/speed.py), one row
+# each in --levers and in the GPU suite. 'default' is the run without extra arguments, the
+# yardstick of the ratios. Keep the shape {name: [train.py args]}: other tools read it.
+SPEED_LEVERS = {
+    'default': [],
+    'loop-adam': ['--optim-impl=loop'],          # the previous default on the CPU (foreach is bitwise the same)
+    'fused-adam': ['--optim-impl=fused'],
+    'channels-last': ['--channels-last=1'],
+    'bf16': ['--bf16=1'],
+    'compile': ['--compile=1'],
+    'cuda-graphs': ['--cuda-graphs=1'],
+    'one-round': ['--batch-gpu=all'],
+    'cpu-threads-1': ['--cpu-threads=1'],
+    'cpu-threads-auto': ['--cpu-threads=auto'],
+}
+GPU_ONLY_LEVERS = {'cuda-graphs'}
+CPU_ONLY_LEVERS = {'cpu-threads-1', 'cpu-threads-auto'}
+
 def make_synthetic_zip(path, resolution, num_images, seed=0):
     """Random RGB images as an uncompressed ZIP in the dataset layout (no labels)."""
     import io

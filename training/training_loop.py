@@ -5,6 +5,7 @@ fire where docs/architecture.md says.
 """
 
 import copy
+import functools
 import glob
 import json
 import os
@@ -20,6 +21,7 @@ import torch
 import dnnlib
 from torch_utils import misc
 from torch_utils import training_stats
+from training import speed as speed_levers
 
 #----------------------------------------------------------------------------
 # Image grids.
@@ -256,10 +258,14 @@ def training_loop(
     iteration_fn            = None,     # Called at the start of every iteration: iteration_fn(batch_idx) (benchmarks).
     progress_fn             = None,     # Called once per tick: progress_fn(cur_nimg, total_nimg).
     options                 = None,     # The resolved training config, stored in snapshots.
+    speed                   = None,     # Speed levers (training/speed.py DEFAULTS; None = all off).
 ):
     """Train until total_kimg; returns an EasyDict (G, D, G_ema, plugins, loss, phases, cur_nimg, batch_idx, cur_tick)."""
     start_time = time.time()
     device = setup_device_and_seeds(device, rank, local_rank, num_gpus, random_seed, cudnn_benchmark, allow_tf32)
+    speed = {**speed_levers.DEFAULTS, **(speed or {})}
+    speed_levers.check_device(speed, device)
+    cpu_threads = speed_levers.CpuThreads(speed['cpu_threads'], device)
     assert batch_size % (batch_gpu * num_gpus) == 0, 'batch_size must be a multiple of batch_gpu * num_gpus'
     batch_per_rank = batch_size // num_gpus
     log = print if rank == 0 else (lambda *args, **kwargs: None)
@@ -306,6 +312,8 @@ def training_loop(
     phases = make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
     G.requires_grad_(False); D.requires_grad_(False)
     loss = dnnlib.util.construct_class_by_name(device=device, G=G, D=D, plugins=plugins, **loss_kwargs)
+    runner = speed_levers.PhaseRunner(functools.partial(phase_step, loss=loss, plugins=plugins, num_gpus=num_gpus),
+                                      speed, loss, device, augment_pipe)
     cur_nimg, cur_tick, batch_idx = 0, 0, 0
     if full_resume:
         cur_nimg, cur_tick, batch_idx = restore_training_state(resume_state, phases, plugins, log)
@@ -349,8 +357,8 @@ def training_loop(
         for phase, gen_z, gen_c in zip(phases, all_gen_z, all_gen_c):
             if batch_idx % phase.interval != 0:
                 continue
-            run_phase(phase, loss, plugins, real_img, real_c, gen_z.split(batch_gpu), gen_c.split(batch_gpu),
-                      cur_nimg, num_gpus, device, sync_timing)
+            run_phase(phase, runner, real_img, real_c, gen_z.split(batch_gpu), gen_c.split(batch_gpu),
+                      cur_nimg, device, sync_timing)
 
         plugins.before_ema(G, G_ema)
         update_ema(G, G_ema, cur_nimg, batch_size, ema_kimg, ema_rampup)
@@ -391,6 +399,7 @@ def training_loop(
             progress_fn(cur_nimg, total_nimg)
 
         set_rng_state(rng_state)
+        cpu_threads.update()
         cur_tick += 1
         tick_start_nimg, tick_start_time, maintenance_time = start_tick(cur_nimg, tick_end_time)
 
@@ -536,9 +545,14 @@ def fetch_inputs(training_set_iterator, training_set, num_phases, batch_per_rank
     all_gen_c = all_gen_c.to(device, non_blocking=True).reshape(num_phases, batch_per_rank, -1)
     return real_img, real_c, all_gen_z, all_gen_c
 
-def run_phase(phase, loss, plugins, real_img, real_c, gen_z, gen_c, cur_nimg, num_gpus, device, sync_timing):
-    """One optimizer step of one phase, accumulated over the per-GPU rounds."""
+def run_phase(phase, runner, real_img, real_c, gen_z, gen_c, cur_nimg, device, sync_timing):
+    """One optimizer step of one phase, through the speed levers' runner (training/speed.py)."""
     t0 = _timer(device, sync_timing)
+    runner(phase, real_img, real_c, gen_z, gen_c, cur_nimg)
+    training_stats.report('Timing/' + phase.name, _timer(device, sync_timing) - t0)
+
+def phase_step(phase, real_img, real_c, gen_z, gen_c, cur_nimg, loss, plugins, num_gpus):
+    """The step itself, accumulated over the per-GPU rounds (captured as is under --cuda-graphs)."""
     phase.opt.zero_grad(set_to_none=True)
     for p in phase.trainable:
         p.requires_grad_(True)
@@ -551,7 +565,6 @@ def run_phase(phase, loss, plugins, real_img, real_c, gen_z, gen_c, cur_nimg, nu
     sanitize_and_reduce_grads(phase.trainable, num_gpus)
     phase.opt.step()
     plugins.after_step(phase.name, phase.module)
-    training_stats.report('Timing/' + phase.name, _timer(device, sync_timing) - t0)
 
 def _timer(device, sync):
     if sync and device.type == 'cuda':
