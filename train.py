@@ -507,14 +507,15 @@ def main(**kw):
                     batch_gpu=kw.batch_gpu, map_layers=kw.map, pl_weight=kw.pl_weight, reg_gain=kw.reg_gain)
     c.training_set_kwargs = training_set_kwargs
     c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=kw.workers, prefetch_factor=2)
+    # training_loop turns the EMA ramp off for weights-only (transfer) resumes and keeps it for full ones.
+    # Resolved before the plugins are configured: they may check the network they start from.
+    c.resume_pkl = resolve_resume(kw.resume, kw.outdir)
     active, opts = configure_methods(kw, c)
     configure_metrics(kw, c)
     configure_performance(kw, c)
     configure_speed(kw, c)
     c.freezed = kw.freezed
     c.snapshot_keep = kw.snapshot_keep
-    # training_loop turns the EMA ramp off for weights-only (transfer) resumes and keeps it for full ones.
-    c.resume_pkl = resolve_resume(kw.resume, kw.outdir)
     c.run_dir = next_run_dir(kw.outdir, run_description(kw, dataset_name, active, opts))
 
     say = print if not under_torchrun() or int(os.environ['RANK']) == 0 else (lambda *args: None)

@@ -7,6 +7,7 @@ a persistent module, so the trained generator loads and samples with no plugin c
 """
 
 import copy
+import math
 
 import torch
 
@@ -15,6 +16,8 @@ from torch_utils import persistence, training_stats
 
 G_MAIN = ('Gmain', 'Gboth')
 STAGES = ('bn', 'ft')
+COMB_TENSORS = ('E_old', 'A', 'a_bias', 'R')
+DEFAULT_LR = 2e-4       # the reference's CIFAR rate (its ImageNet scripts use 1e-4)
 
 #----------------------------------------------------------------------------
 
@@ -23,38 +26,70 @@ class CombinedEmbedding(torch.nn.Module):
     """One-hot c [N, n_new] -> embedding [N, features] = E_old (A_sn c + a_bias) + R c.
 
     E_old [features, n_old]: column k is the pretrained embedding of old class k.
-    A [n_old, n_new]: similarity of each new class to the old ones; divided by its largest
-    singular value when spectral_norm (exact, not power iteration, so train and eval agree).
-    a_bias [n_old] (optional, zero-initialised) and R [features, n_new] ~ N(0, res_std^2).
+    A [n_old, n_new] ~ N(0, comb_std^2): similarity of each new class to the old ones; divided
+    by its largest singular value when spectral_norm (exact, not power iteration, so train and
+    eval agree). a_bias [n_old] (optional) ~ U(-1/sqrt(n_new), 1/sqrt(n_new)), the reference's
+    (torch's default Linear) bias init. R [features, n_new] ~ N(0, res_std^2).
+
+    Each tensor is stored divided by lr_multiplier and multiplied back in the forward pass (the
+    equalised-learning-rate device of StyleGAN2's mapping network): an optimizer at rate lr
+    then moves the values at lr * lr_multiplier. value(name) is the tensor as used.
     """
-    def __init__(self, n_old, n_new, features, comb_bias=True, spectral_norm=True, res_std=0.02, comb_std=0.02):
+    def __init__(self, n_old, n_new, features, comb_bias=True, spectral_norm=True, res_std=0.02, comb_std=0.02,
+                 lr_multiplier=1.0):
         super().__init__()
         self.n_old = n_old
         self.n_new = n_new
         self.features = features
         self.spectral_norm = spectral_norm
+        self.lr_multiplier = float(lr_multiplier)
+        inv = 1 / self.lr_multiplier
         self.E_old = torch.nn.Parameter(torch.zeros([features, n_old]))
-        self.A = torch.nn.Parameter(torch.randn([n_old, n_new]) * comb_std)
-        self.a_bias = torch.nn.Parameter(torch.zeros([n_old])) if comb_bias else None
-        self.R = torch.nn.Parameter(torch.randn([features, n_new]) * res_std)
+        self.A = torch.nn.Parameter(torch.randn([n_old, n_new]) * (comb_std * inv))
+        bound = 1 / math.sqrt(n_new)
+        self.a_bias = torch.nn.Parameter((torch.rand([n_old]) * 2 - 1) * (bound * inv)) if comb_bias else None
+        self.R = torch.nn.Parameter(torch.randn([features, n_new]) * (res_std * inv))
+
+    def value(self, name):
+        """The tensor `name` (E_old, A, a_bias or R) as the forward pass uses it; None if absent."""
+        t = getattr(self, name)
+        if t is None or self.lr_multiplier == 1:
+            return t
+        return t * self.lr_multiplier
+
+    @torch.no_grad()
+    def set_value(self, name, value):
+        getattr(self, name).copy_(value / self.lr_multiplier)
 
     def combination_matrix(self):
         """A as used in the forward pass, [n_old, n_new]."""
-        if self.spectral_norm and self.A.numel() > 0:
-            return self.A / torch.linalg.matrix_norm(self.A, ord=2).clamp_min(1e-12)
-        return self.A
+        A = self.value('A')
+        if self.spectral_norm and A.numel() > 0:
+            return A / torch.linalg.matrix_norm(A, ord=2).clamp_min(1e-12)
+        return A
 
     def coefficients(self, c):
         """[N, n_new] -> combination coefficients over the old classes [N, n_old]."""
         a = c.matmul(self.combination_matrix().t())
-        return a + self.a_bias if self.a_bias is not None else a
+        return a + self.value('a_bias') if self.a_bias is not None else a
 
     def forward(self, c):
         c = c.to(torch.float32)
-        return self.coefficients(c).matmul(self.E_old.t()) + c.matmul(self.R.t())
+        return self.coefficients(c).matmul(self.value('E_old').t()) + c.matmul(self.value('R').t())
 
     def extra_repr(self):
-        return f'n_old={self.n_old}, n_new={self.n_new}, features={self.features}, spectral_norm={self.spectral_norm}'
+        return (f'n_old={self.n_old}, n_new={self.n_new}, features={self.features}, spectral_norm={self.spectral_norm}, '
+                f'lr_multiplier={self.lr_multiplier:g}')
+
+def rescaled_embedding(old, lr_multiplier):
+    """A CombinedEmbedding with the same values as `old` (any version), stored for another multiplier."""
+    old_multiplier = getattr(old, 'lr_multiplier', 1.0)
+    embed = CombinedEmbedding(old.n_old, old.n_new, old.features, comb_bias=old.a_bias is not None,
+                              spectral_norm=old.spectral_norm, lr_multiplier=lr_multiplier)
+    for name in COMB_TENSORS:
+        if getattr(old, name) is not None:
+            embed.set_value(name, getattr(old, name).detach().cpu() * old_multiplier)
+    return embed
 
 def old_class_embeddings(embed, n_old, device='cpu'):
     """E_old [features, n_old]: the pretrained embed evaluated on every one-hot old class."""
@@ -88,9 +123,10 @@ def widen_first_layer(fc0_old, fc0_new, z_dim):
 
 def regularizers(embed):
     """(comb_l1, res_l2): sum over Comb tensors of mean|theta|, and mean(R^2)."""
-    comb = [t for t in [embed.A, embed.a_bias] if t is not None and t.numel() > 0]
-    comb_l1 = sum((t.abs().mean() for t in comb), embed.R.new_zeros([]))
-    res_l2 = embed.R.square().mean()
+    comb = [t for t in [embed.value('A'), embed.value('a_bias')] if t is not None and t.numel() > 0]
+    R = embed.value('R')
+    comb_l1 = sum((t.abs().mean() for t in comb), R.new_zeros([]))
+    res_l2 = R.square().mean()
     return comb_l1, res_l2
 
 def trainable_names(G, stage):
@@ -109,6 +145,13 @@ def trainable_names(G, stage):
         return [n for n in names if n in keep]
     return [n for n in names if n not in comb]
 
+def check_ft_source(G_old, source):
+    """Stage ft continues a transfer: the source must already hold a learned combination A."""
+    if not _is_combined(getattr(G_old.mapping, 'embed', None)):
+        raise ValueError(f'--transfer-stage=ft fine-tunes a generator that was transferred before, but {source} has no '
+                         f'learned class combination yet: first train --transfer-stage=bn from it, then run '
+                         f'--transfer-stage=ft with --resume=<a snapshot of that run>')
+
 def new_parameter_count(embed):
     """Parameters added for the new classes: A (+ a_bias) and R."""
     return embed.A.numel() + embed.R.numel() + (embed.a_bias.numel() if embed.a_bias is not None else 0)
@@ -125,6 +168,9 @@ class TransferPlugin(Plugin):
         Option('transfer-sn', type=bool, default=True, help='transfer: spectral-normalise A'),
         Option('transfer-comb-bias', type=bool, default=True, help='transfer: give A a bias over the old classes, as in the ref'),
         Option('transfer-res-init', type=str, default='normal', help='transfer: R initialisation, normal (N(0, 0.02^2)) or zeros'),
+        Option('transfer-lr', type=float, default=DEFAULT_LR,
+               help='transfer: learning rate of A, its bias, R and E_old (the reference: 2e-4 CIFAR, 1e-4 ImageNet); '
+                    'scaled for lazy regularisation like G\'s own rate'),
     ]
 
     @classmethod
@@ -136,6 +182,8 @@ class TransferPlugin(Plugin):
         for key in ('transfer_comb_l1', 'transfer_res_l2'):
             if (opts.get(key) or 0) < 0:
                 raise ValueError(f'--{key.replace("_", "-")} must be >= 0')
+        if opts.get('transfer_lr') is not None and not opts['transfer_lr'] > 0:
+            raise ValueError(f'--transfer-lr must be > 0, got {opts["transfer_lr"]}')
 
     @classmethod
     def configure(cls, c, opts):
@@ -143,6 +191,9 @@ class TransferPlugin(Plugin):
             raise ValueError('--method=transfer starts from a pretrained network: add --resume=<snapshot.pkl>')
         if not (c.get('training_set_kwargs') or {}).get('use_labels', False):
             raise ValueError('--method=transfer trains new classes: add --cond=1 and a dataset with labels')
+        if opts.get('transfer_stage') == 'ft' and c.get('resume_pkl'):
+            import legacy
+            check_ft_source(legacy.load_network(c.resume_pkl, verbose=False)['G'], c.resume_pkl)
         # G and D are built with c_dim = the new dataset's label_dim (n_new); the loop copies
         # the pretrained weights by name and skips the differently shaped embeddings, and
         # setup() rebuilds both embeddings from the snapshot.
@@ -156,6 +207,7 @@ class TransferPlugin(Plugin):
         self.stage = opts.get('transfer_stage') or 'bn'
         self.comb_l1 = float(opts.get('transfer_comb_l1') or 0)
         self.res_l2 = float(opts.get('transfer_res_l2') or 0)
+        self.lr = float(opts.get('transfer_lr') or DEFAULT_LR)
         self.G = None
         self.frozen_w_avg = None
 
@@ -170,7 +222,18 @@ class TransferPlugin(Plugin):
             # A pretrained snapshot of another run: its counters, optimizer moments and plugin
             # state belong to the old classes. Ask the loop for a weights-only resume.
             ctx.full_resume = False
-        embed = self.build_embedding(resume['G'], n_new, G.mapping.embed_features, G.mapping.embed.weight.device)
+        if self.stage == 'ft':
+            check_ft_source(resume['G'], 'the --resume network')
+        # The rate is applied as a multiplier over G's own (see CombinedEmbedding).
+        G_lr = (ctx.get('G_opt_kwargs') or {}).get('lr')
+        lr_multiplier = self.lr / G_lr if G_lr else 1.0
+        embed = self.build_embedding(resume['G'], n_new, G.mapping.embed_features, G.mapping.embed.weight.device,
+                                     lr_multiplier)
+        if ctx.get('full_resume') and embed is not None and _is_combined(resume['G'].mapping.embed) \
+                and getattr(resume['G'].mapping.embed, 'lr_multiplier', 1.0) != embed.lr_multiplier:
+            # The stored tensors are scaled for another rate: a full resume would copy them over
+            # the rescaled ones (and their Adam moments belong to that scale). Weights only.
+            ctx.full_resume = False
         G.mapping.embed = embed
         G_ema.mapping.embed = copy.deepcopy(embed)
         G.c_dim = G.mapping.c_dim = n_new
@@ -184,20 +247,22 @@ class TransferPlugin(Plugin):
         self.apply_stage(G)
         self.frozen_w_avg = G.mapping.w_avg.detach().clone() if self.stage == 'bn' else None
 
-    def build_embedding(self, G_old, n_new, features, device):
+    def build_embedding(self, G_old, n_new, features, device, lr_multiplier=1.0):
         """CombinedEmbedding for n_new classes from the pretrained generator's embedding."""
         old = getattr(G_old.mapping, 'embed', None) if G_old.mapping.c_dim > 0 else None
-        if _is_combined(old):
+        if _is_combined(old):                           # continuing a transfer run (e.g. bn -> ft)
             if old.n_new != n_new:
                 raise ValueError(f'the snapshot was transferred to {old.n_new} classes, the dataset has {n_new}')
-            return copy.deepcopy(old).to(device)        # continuing a transfer run (e.g. bn -> ft)
+            if getattr(old, 'lr_multiplier', 1.0) == lr_multiplier:
+                return copy.deepcopy(old).to(device)
+            return rescaled_embedding(old, lr_multiplier).to(device)
         n_old = G_old.mapping.c_dim if old is not None else 0
         embed = CombinedEmbedding(n_old, n_new, features, comb_bias=bool(self.opts.get('transfer_comb_bias', True)),
-                                  spectral_norm=bool(self.opts.get('transfer_sn', True)))
+                                  spectral_norm=bool(self.opts.get('transfer_sn', True)), lr_multiplier=lr_multiplier)
         if self.opts.get('transfer_res_init') == 'zeros':
             embed.R.data.zero_()
         if n_old > 0:
-            embed.E_old.data.copy_(old_class_embeddings(copy.deepcopy(old), n_old))
+            embed.set_value('E_old', old_class_embeddings(copy.deepcopy(old), n_old))
         return embed.to(device)
 
     def apply_stage(self, G):

@@ -68,6 +68,7 @@ def test_one_hot_combination_reproduces_old_classes_bitwise():
         for j, k in pick.items():
             emb.A[k, j] = 1
         emb.R.zero_()
+        emb.a_bias.zero_()
     G_old.eval(), G_new.eval()
     z = torch.randn(4, 16)
     for j, k in pick.items():
@@ -106,8 +107,19 @@ def test_trainable_set_stage_bn():
     changed, w_avg_kept = _step_and_changed(G_new, plugin)
     assert changed == comb and w_avg_kept
 
+def _ft_after_bn(**kwargs):
+    """(plugin, G) of stage ft set up from a stage-bn generator (its snapshot)."""
+    _, _, G_bn, D_bn, _ = _transfer(transfer_stage='bn')
+    snapshot = dict(G=copy.deepcopy(G_bn), D=copy.deepcopy(D_bn), G_ema=copy.deepcopy(G_bn))
+    G_new, D_new = _G(N_NEW, seed=5), _D(N_NEW, seed=6)
+    _copy_matching(snapshot['G'], G_new)
+    plugin = transfer.TransferPlugin(_opts(transfer_stage='ft', **kwargs), 'cpu')
+    G_new.requires_grad_(True)
+    plugin.setup(G_new, D_new, copy.deepcopy(G_new), dnnlib.EasyDict(resume_data=snapshot, full_resume=False))
+    return plugin, G_new
+
 def test_trainable_set_stage_ft():
-    plugin, _, G_new, _, _ = _transfer(transfer_stage='ft')
+    plugin, G_new = _ft_after_bn()
     frozen = {'mapping.embed.E_old', 'mapping.embed.A', 'mapping.embed.a_bias'}
     names = {n for n, _ in G_new.named_parameters()}
     assert {n for n, p in G_new.named_parameters() if p.requires_grad} == names - frozen
@@ -245,3 +257,84 @@ def test_safe_format_roundtrip(tmp_path):
     G2 = loaded['G_ema']
     assert type(G2.mapping.embed).__name__ == 'CombinedEmbedding'
     assert torch.equal(G2(z, c, noise_mode='const'), G_ema.eval()(z, c, noise_mode='const'))
+
+#----------------------------------------------------------------------------
+# Issue 14 item 7: own learning rate, the reference's bias init, stage ft needs a stage-bn source.
+
+def test_transfer_lr_sets_the_adam_step_of_the_combination():
+    """One Adam step at G's rate 0.0025 moves every entry of A, a_bias, R and E_old by 2e-4."""
+    G_lr, rate = 0.0025, 2e-4
+    G_old, D_old = _G(N_OLD, seed=1), _D(N_OLD, seed=2)
+    resume = dict(G=G_old, D=D_old, G_ema=copy.deepcopy(G_old))
+    G_new, D_new = _G(N_NEW, seed=3), _D(N_NEW, seed=4)
+    _copy_matching(G_old, G_new)
+    plugin = transfer.TransferPlugin(_opts(transfer_lr=rate), 'cpu')
+    G_new.requires_grad_(True)
+    plugin.setup(G_new, D_new, copy.deepcopy(G_new), dnnlib.EasyDict(resume_data=resume, full_resume=False,
+                                                                      G_opt_kwargs=dict(lr=G_lr)))
+    emb = G_new.mapping.embed
+    assert emb.lr_multiplier == pytest.approx(rate / G_lr)
+    for k in range(N_OLD):          # the values are unchanged by the multiplier
+        torch.testing.assert_close(emb.value('E_old')[:, k], G_old.mapping.embed(torch.eye(N_OLD)[k:k + 1])[0],
+                                   rtol=1e-6, atol=1e-7)
+    before = {n: emb.value(n).detach().clone() for n in transfer.COMB_TENSORS}
+    opt = torch.optim.Adam([p for p in G_new.parameters() if p.requires_grad], lr=G_lr, betas=(0.0, 0.99), eps=1e-8)
+    G_new(torch.randn(4, 16), torch.eye(N_NEW)[[0, 1, 0, 1]]).square().mean().backward()
+    grads = {n: getattr(emb, n).grad.abs() for n in transfer.COMB_TENSORS}
+    opt.step()
+    for n in transfer.COMB_TENSORS:
+        step = (emb.value(n).detach() - before[n]).abs()
+        live = grads[n] > 1e-5                                # Adam's eps matters below that
+        assert live.sum() > 0
+        torch.testing.assert_close(step[live], torch.full_like(step[live], rate), rtol=2e-3, atol=0)
+
+def test_comb_bias_init_is_uniform_in_one_over_sqrt_new_classes():
+    torch.manual_seed(0)
+    b = transfer.CombinedEmbedding(20000, 16, 8, lr_multiplier=0.08).value('a_bias').detach().double()
+    bound = 1 / 4                                             # 1 / sqrt(16)
+    assert float(b.abs().max()) <= bound and float(b.abs().max()) > 0.999 * bound
+    assert float(b.var()) == pytest.approx(bound ** 2 / 3, rel=0.03)    # variance of U(-a, a)
+    assert abs(float(b.mean())) < 0.01
+
+def test_stage_ft_from_a_pretrained_network_names_stage_bn():
+    with pytest.raises(ValueError, match='--transfer-stage=bn'):
+        _transfer(transfer_stage='ft')
+
+def test_continuing_with_another_rate_keeps_the_values_and_asks_for_weights_only():
+    _, _, G_bn, D_bn, _ = _transfer(transfer_stage='bn')       # multiplier 1 (no G lr given)
+    snapshot = dict(G=copy.deepcopy(G_bn), D=copy.deepcopy(D_bn), G_ema=copy.deepcopy(G_bn))
+    G2, D2 = _G(N_NEW, seed=5), _D(N_NEW, seed=6)
+    _copy_matching(snapshot['G'], G2)
+    plugin = transfer.TransferPlugin(_opts(transfer_stage='ft'), 'cpu')
+    G2.requires_grad_(True)
+    ctx = dnnlib.EasyDict(resume_data=snapshot, full_resume=True, G_opt_kwargs=dict(lr=0.002))
+    plugin.setup(G2, D2, copy.deepcopy(G2), ctx)
+    assert G2.mapping.embed.lr_multiplier == pytest.approx(0.1) and ctx.full_resume is False
+    c = torch.eye(N_NEW)
+    torch.testing.assert_close(G2.mapping.embed(c), G_bn.mapping.embed(c), rtol=1e-6, atol=1e-7)
+
+def _write_source(path):
+    nets = dict(G=_G(N_OLD, seed=1), D=_D(N_OLD, seed=2))
+    nets['G_ema'] = copy.deepcopy(nets['G'])
+    with open(path, 'wb') as f:
+        pickle.dump(nets, f)
+    return str(path)
+
+def test_cli_transfer_lr_and_stage_ft_error(tmp_path):
+    """train.py as a user runs it: --transfer-lr reaches the options; ft from a pretrained network is refused."""
+    import json, os, subprocess, sys
+    from plugin_train_util import make_dataset
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = make_dataset(tmp_path / 'new', n=4, classes=2, res=8)
+    source = _write_source(tmp_path / 'source.pkl')
+    def run(*args):
+        return subprocess.run([sys.executable, os.path.join(root, 'train.py'), f'--outdir={tmp_path / "runs"}',
+                               f'--data={data}', '--cond=1', '--method=transfer', f'--resume={source}', '--aug=noaug',
+                               '--metrics=none', *args], cwd=root, capture_output=True, text=True, timeout=300)
+    out = run('--transfer-lr=1e-4', '--dry-run')
+    assert out.returncode == 0, out.stderr
+    options = json.loads(out.stdout.split('Training options:')[1].split('Output directory:')[0])
+    assert options['plugin_opts']['transfer_lr'] == 1e-4
+    out = run('--transfer-stage=ft')
+    assert out.returncode == 2 and '--transfer-stage=bn' in out.stderr and 'Traceback' not in out.stderr, out.stderr
+    assert not (tmp_path / 'runs').exists()
