@@ -42,11 +42,11 @@ RESERVE_S = 3.0                         # kept back from the budget for writing 
 # leaves its time to the later ones); the rest sizes the runs.
 PROFILES = {
     'gpu': dict(
-        weights=dict(env=5, build=40, pytest=45, ops=20, speed=110, real=45, plugins=65, dist=30),
-        cfg='cifar', res=32, real_train_s=30, real_tick=1, real_min_ticks=3, real_args=[], plugin_train_s=8,
+        weights=dict(env=5, build=40, pytest=40, ops=15, speed=135, real=40, plugins=60, dist=25),
+        cfg='cifar', res=32, real_train_s=25, real_tick=1, real_min_ticks=3, real_args=[], plugin_train_s=8,
         plugin_tick=0.25, jobs=6, workers=2, speed_workers=3,
         grid_max=16, startup_s=15, lottery_imp_kimg=0.5, regan_iters=8, dist_kimg=0.5, dist_tick=0.25,
-        speed_runs=[('cifar', 32, 'noaug,fixed0.3', 20, 5), ('auto', 64, 'noaug', 20, 5), ('paper256', 256, 'noaug', 8, 3)],
+        speed_runs=[('cifar', 32, 'noaug,fixed0.3', 20, 5), ('auto', 64, 'noaug', 12, 3), ('paper256', 256, 'noaug', 8, 3)],
         lever_base=('cifar', 32, 'fixed0.3', 12, 3)),
     'cpu-smoke': dict(
         weights=dict(env=4, build=1, pytest=1, ops=1, speed=12, real=10, plugins=16, dist=12),
@@ -59,17 +59,9 @@ PROFILES = {
         lever_base=('tiny', 16, 'fixed0.3', 2, 1)),
 }
 
-# Speed options train.py offers today; bench/train_speed.py's SPEED_LEVERS replaces them when it
-# exists. Each: name -> (extra train.py arguments, extra bench/train_speed.py arguments).
-DEFAULT_LEVERS = {
-    'batch-gpu=64 (one round)': (['--batch-gpu=64'], []),
-    'nhwc': (['--nhwc=1'], []),
-    'allow-tf32': (['--allow-tf32=1'], []),
-    'fp32 (no mixed precision)': (['--fp32=1'], []),
-    'cudnn benchmark off': (['--nobench=1'], []),
-    'sync-free warp off': ([], ['--sync-free=off']),
-}
-SMOKE_LEVERS = {'allow-tf32': (['--allow-tf32=1'], [])}     # valid for the tiny preset, cheap on a CPU
+# The speed levers come from bench/train_speed.py (SPEED_LEVERS, one place for them); the CPU
+# smoke test runs one that suits the tiny preset and costs little there.
+SMOKE_LEVERS = {'allow-tf32': ['--allow-tf32=1']}
 
 # Step 7: (name, train.py arguments, {statistic: stats.jsonl key}, options). '@cond' and
 # '@transfer-bn' in the arguments stand for those rows' run directories (transfer starts from them);
@@ -536,38 +528,44 @@ def compare_op(name, shape, dtype, op, cuda, reps, median_ms):
 # Step 5: training speed on the anchor configs, then each speed lever on the lever baseline.
 
 def speed_levers(smoke):
-    """name -> (train.py args, bench args): SPEED_LEVERS of bench/train_speed.py when it defines
-    them, else DEFAULT_LEVERS; the smoke test runs one lever that suits the tiny preset."""
+    """name -> train.py args of the levers to time here: bench/train_speed.py's SPEED_LEVERS without
+    those it marks for the other kind of device; None when it defines none."""
     if smoke:
         return dict(SMOKE_LEVERS)
-    found = read_speed_levers(os.path.join(BENCH, 'train_speed.py'))
-    return found if found else dict(DEFAULT_LEVERS)
+    found = read_literals(os.path.join(BENCH, 'train_speed.py'), ('SPEED_LEVERS', 'CPU_ONLY_LEVERS'))
+    if not isinstance(found.get('SPEED_LEVERS'), dict):
+        return None
+    skip = set(found.get('CPU_ONLY_LEVERS') or ())
+    return {str(k): shlex.split(v) if isinstance(v, str) else [str(a) for a in v]
+            for k, v in found['SPEED_LEVERS'].items() if k not in skip}
 
 
-def read_speed_levers(path):
-    """SPEED_LEVERS = {name: [train.py args] or 'args'} read from the source without importing it."""
+def read_literals(path, names):
+    """{name: value} of module-level `NAME = <literal>` assignments, read without importing the file
+    (importing train_speed would import torch into this process)."""
     try:
         with open(path, encoding='utf-8') as f:
             tree = ast.parse(f.read())
     except (OSError, SyntaxError):
-        return None
+        return {}
+    found = {}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == 'SPEED_LEVERS' for t in targets) and node.value is not None:
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                return None
-            return {str(k): (shlex.split(v) if isinstance(v, str) else [str(a) for a in v], []) for k, v in value.items()}
-    return None
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id in names:
+                    try:
+                        found[target.id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        pass
+    return found
 
 
-def speed_cmd(ctx, cfg, res, augs, iters, warmup, train_args=(), bench_args=()):
+def speed_cmd(ctx, cfg, res, augs, iters, warmup, train_args=()):
     cmd = [sys.executable, os.path.join(BENCH, 'train_speed.py'), f'--runs={cfg}:{res}', f'--augs={augs}',
            f'--iters={iters}', f'--warmup={warmup}', f'--workers={ctx.profile["speed_workers"]}', '--no-phases', '--json']
     if train_args:
         cmd.append('--train-args=' + shlex.join(train_args))
-    return cmd + list(bench_args)
+    return cmd
 
 
 def speed_rows(child, label):
@@ -588,34 +586,39 @@ def positive(value):
 
 
 def step_speed(ctx, deadline):
+    """The anchors first (one train_speed run per resolution group), then one run per lever; a lever
+    gets a fair share of the time left, so one slow lever (a compiler) cannot starve the rest."""
     p = ctx.profile
-    rows, problems = [], []
-    plans = [('anchor', speed_cmd(ctx, cfg, res, augs, it, wu), len(augs.split(','))) for cfg, res, augs, it, wu in p['speed_runs']]
+    levers = speed_levers(ctx.smoke)
     cfg, res, aug, it, wu = p['lever_base']
-    for name, (train_args, bench_args) in speed_levers(ctx.smoke).items():
-        plans.append((name, speed_cmd(ctx, cfg, res, aug, it, wu, train_args, bench_args), 1))
-    for label, cmd, expected in plans:
-        if deadline.left() < 2:
+    plans = [('anchor', speed_cmd(ctx, *run), len(run[2].split(','))) for run in p['speed_runs']]
+    plans += [(name, speed_cmd(ctx, cfg, res, aug, it, wu, args), 1) for name, args in (levers or {}).items()]
+    rows, problems = [], [] if levers else ['bench/train_speed.py defines no SPEED_LEVERS: no lever was timed']
+    for i, (label, cmd, expected) in enumerate(plans):
+        later = len(plans) - i - 1
+        cap = deadline.left() - 8 * later if label == 'anchor' else 1.5 * deadline.left() / (later + 1)
+        if cap < 3:
             problems.append(f'{label}: not run (out of time)')
             continue
-        child = run_child(ctx, cmd, deadline.left())
+        child = run_child(ctx, cmd, min(cap, deadline.left()))
         got = speed_rows(child, label)
         rows += got
         if len(got) < expected or child.rc != 0:
             problems.append(f'{label}: {child.why() or "missing rows"}')
-    base = next((r for r in rows if r['label'] == 'anchor' and (r['cfg'], r['aug']) == (cfg, aug)), None)
-    table_rows = []
-    for r in rows:
-        vs = base['sec_per_kimg'] / r['sec_per_kimg'] if base and r['label'] != 'anchor' and r['ok'] else None
-        table_rows.append([r['label'], f"{r['cfg']} {r['resolution']}px", r['aug'], f"{r['batch']}/{r['batch_gpu']}",
-                           fmt(r['sec_per_kimg'], 3), fmt(r['images_per_sec'], 1), fmt(r['peak_gpu_mem_gb'], 2),
-                           f'{vs:.2f}x' if vs else '-'])
-    table = (['run', 'config', 'aug', 'batch/round', 'sec/kimg', 'img/s', 'peak GiB', 'speed vs baseline'], table_rows)
     problems += [f"{r['label']} {r['cfg']} {r['aug']}: no valid timing" for r in rows if not r['ok']]
-    notes = [f'Levers run on {cfg} {res}px {aug} (baseline: its anchor row); "speed vs baseline" > 1 is faster.']
-    if problems:
-        return result('fail', '; '.join(problems), dict(rows=rows), table, notes)
-    return result('pass', '', dict(rows=rows), table, notes)
+    plain = next((name for name, args in (levers or {}).items() if not args), 'anchor')     # 'default': no extra args
+    base = next((r for r in rows if r['label'] == plain and (r['cfg'], r['aug']) == (cfg, aug) and r['ok']), None)
+    table = (['run', 'config', 'aug', 'batch/round', 'sec/kimg', 'img/s', 'peak GiB', 'speed vs baseline'],
+             [speed_table_row(r, base) for r in rows])
+    notes = [f'Levers (bench/train_speed.py SPEED_LEVERS) on {cfg} {res}px {aug}, {it} timed iterations after {wu}; '
+             f'baseline: {base["label"] if base else "none"} (> 1x is faster).']
+    return result('fail' if problems else 'pass', '; '.join(problems), dict(rows=rows, levers=levers), table, notes)
+
+
+def speed_table_row(r, base):
+    vs = base['sec_per_kimg'] / r['sec_per_kimg'] if base and r['label'] != 'anchor' and r['ok'] else None
+    return [r['label'], f"{r['cfg']} {r['resolution']}px", r['aug'], f"{r['batch']}/{r['batch_gpu']}",
+            fmt(r['sec_per_kimg'], 3), fmt(r['images_per_sec'], 1), fmt(r['peak_gpu_mem_gb'], 2), f'{vs:.2f}x' if vs else '-']
 
 #----------------------------------------------------------------------------
 # Steps 6 and 7: training runs of a fixed length, read back from their run directories.

@@ -179,15 +179,19 @@ def test_op_comparison_measures_the_error_against_float64(tmp_path):
         return y * torch.nan if impl == 'cuda' else y
     assert not gpu_suite.compare_op(name, shape, dtype, nan_kernel, False, 1, bench_ops._median_ms)['ok']
 
-def test_speed_levers_come_from_train_speed_when_it_defines_them(tmp_path):
-    src = tmp_path / 'train_speed.py'
-    src.write_text("import os\nSPEED_LEVERS = {'graphs': ['--cuda-graphs=1'], 'both': '--nhwc=1 --batch-gpu=64'}\n")
-    assert gpu_suite.read_speed_levers(str(src)) == {'graphs': (['--cuda-graphs=1'], []),
-                                                     'both': (['--nhwc=1', '--batch-gpu=64'], [])}
-    src.write_text('LEVERS = {}\n')
-    assert gpu_suite.read_speed_levers(str(src)) is None
-    levers = gpu_suite.speed_levers(smoke=False)
-    assert levers and all(isinstance(a, list) and isinstance(b, list) for a, b in levers.values())
+def test_speed_levers_come_from_train_speed_without_the_cpu_only_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_suite, 'BENCH', str(tmp_path))
+    (tmp_path / 'train_speed.py').write_text(
+        "import os\nSPEED_LEVERS = {'default': [], 'graphs': ['--cuda-graphs=1'], 'both': '--nhwc=1 --batch-gpu=64',\n"
+        "                'threads': ['--cpu-threads=1']}\nCPU_ONLY_LEVERS = {'threads'}\n")
+    assert gpu_suite.speed_levers(smoke=False) == {'default': [], 'graphs': ['--cuda-graphs=1'],
+                                                   'both': ['--nhwc=1', '--batch-gpu=64']}
+    assert gpu_suite.speed_levers(smoke=True) == gpu_suite.SMOKE_LEVERS
+    (tmp_path / 'train_speed.py').write_text('LEVERS = {}\n')
+    assert gpu_suite.speed_levers(smoke=False) is None
+    monkeypatch.undo()
+    real = gpu_suite.speed_levers(smoke=False)      # the shape bench/train_speed.py keeps for this reader
+    assert real and all(isinstance(args, list) for args in real.values())
 
 def test_stop_after_needs_both_the_time_and_the_ticks():
     stop = gpu_suite.StopAfter(0, 3, time.time() + 60)
