@@ -163,6 +163,9 @@ class Plugin:
     def end_of_iteration(self, state, stats):
         """After the EMA update: p controllers, schedules, logging."""
 
+    def on_D_rewind(self):
+        """D was just reset to its initial weights (lottery rounds): adaptive augmentation restarts."""
+
     def state_for_snapshot(self):
         """Training-only state needed to resume (picklable, CPU tensors)."""
         return {}
@@ -179,10 +182,12 @@ class Plugin:
 class PluginSet:
     def __init__(self, plugin_classes, opts, device, rank=0, num_gpus=1):
         self.plugins = [cls(opts, device, rank, num_gpus) for cls in plugin_classes]
+        for p in self.plugins:
+            p.plugin_set = self     # a plugin that resets D tells the others through on_D_rewind()
         self._impl = {}
         for hook in ['setup', 'on_iteration_start', 'replace_real_batch', 'augment_D_input',
                      'synthesis_kwargs', 'main_loss_weight', 'extra_loss', 'after_backward',
-                     'after_step', 'before_ema', 'end_of_iteration', 'report_stats']:
+                     'after_step', 'before_ema', 'end_of_iteration', 'on_D_rewind', 'report_stats']:
             self._impl[hook] = [p for p in self.plugins if getattr(type(p), hook) is not getattr(Plugin, hook)]
 
     def __iter__(self):
@@ -258,6 +263,10 @@ class PluginSet:
         for p in self._impl['end_of_iteration']:
             p.end_of_iteration(state, stats)
 
+    def on_D_rewind(self):
+        for p in self._impl['on_D_rewind']:
+            p.on_D_rewind()
+
     def report_stats(self):
         for p in self._impl['report_stats']:
             p.report_stats()
@@ -308,6 +317,11 @@ class AdaptiveP:
         # device, computed on the host: p's new value is then known without reading it back.
         p = misc.host_value(self.p)
         misc.set_host_value(self.p, max(float(np.float32(p) + np.float32(adjust)), 0.0))
+
+    def restart(self):
+        """p back to 0 and the statistic collected so far dropped (a collective call with several ranks)."""
+        self.collector.update()
+        misc.set_host_value(self.p, 0.0)
 
     def state_dict(self):
         return dict(target=self.target, speed_kimg=self.speed_kimg)

@@ -108,6 +108,12 @@ class ADA(_AugmentBase):
         self.pending = [0, 0.0]
         self.controller.adjust(r, state.batch_size)
 
+    def on_D_rewind(self):
+        # A rewound D has not overfit yet: p starts again from 0, as a fresh run would.
+        self._drain()
+        self.pending = [0, 0.0]
+        misc.set_host_value(self.augment_pipe.p, 0.0)
+
     def state_for_snapshot(self):
         self._drain()
         return dict(p=float(self.augment_pipe.p), controller=self.controller.state_dict(), pending=list(self.pending))

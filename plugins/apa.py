@@ -131,6 +131,10 @@ class APAPlugin(Plugin):
         if self.controller is not None and state.batch_idx % self.controller.interval == 0:
             self.controller.update(state.batch_idx, state.batch_size)
 
+    def on_D_rewind(self):
+        if self.controller is not None:     # a rewound D has not overfit yet: p restarts from 0
+            self.controller.restart()
+
     def report_stats(self):
         training_stats.report0('Progress/augment', misc.host_value(self.p))
 

@@ -193,12 +193,19 @@ class LotteryPlugin(Plugin):
         self.rewind(self.D if self.rewind_D else None)
 
     def rewind(self, D=None):
-        """G (and G_ema) back to theta_0 with the pruned weights zeroed; D to theta_0 if given."""
+        """G (and G_ema) back to theta_0 with the pruned weights zeroed; D to theta_0 if given.
+
+        A rewound D also restarts the adaptive augmentation (ADA / APA p back to 0): each round
+        of the reference is a fresh training run, and p measured how much the old D overfit.
+        """
         self.G.load_state_dict(self.theta0_G)
         apply_masks(self.G, self.masks)
         self.G_ema.load_state_dict(self.G.state_dict())
         if D is not None:
             D.load_state_dict(self.theta0_D)
+            plugin_set = getattr(self, 'plugin_set', None)
+            if plugin_set is not None:
+                plugin_set.on_D_rewind()
 
     def searching(self):
         return self.round < self.rounds

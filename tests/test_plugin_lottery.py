@@ -279,3 +279,20 @@ def test_theta0_is_taken_after_the_loops_broadcast():
     plugin.end_of_iteration(dnnlib.EasyDict(cur_nimg=4, batch_idx=1, batch_size=4, phases=_phases(G, D)), None)
     assert all(torch.equal(v, broadcast_D[k]) for k, v in D.state_dict().items())
     assert all(torch.equal(v, broadcast_G[k]) for k, v in G.state_dict().items() if k not in plugin.masks)
+
+@pytest.mark.slow
+@pytest.mark.parametrize('aug', ['ada', 'apa'])
+def test_rewinding_D_restarts_the_augmentation_p(tmp_path, aug):
+    """Issue 14 item 8: the IMP round ends at iteration 6 with p > 0; the rewound D starts again
+    from p = 0, as a fresh reference round would."""
+    from plugin_train_util import make_dataset, read_stats, tiny_config, train
+    c = tiny_config(make_dataset(tmp_path / 'data'), tmp_path / 'run', aug=aug, methods=['lottery'], kimg=0.036,
+                    imp_rounds=1, imp_kimg=0.024, advaug_gamma=0, target=0.0)
+    c.plugin_opts['ada_kimg'] = 0.05            # fast controller: p moves by 0.32 per adjustment
+    c.kimg_per_tick = 0.004                     # one stats line per iteration
+    train(c)
+    stats = read_stats(c.run_dir)
+    p, rounds = stats['Progress/augment'], stats['Lottery/round']
+    end = rounds.index(1)                       # the iteration whose end finished the round
+    assert end == 5 and p[end - 1] > 0.3
+    assert p[end] == 0 and p[end + 1] == 0      # until the next adjustment (iteration 8), which sees only the new D
