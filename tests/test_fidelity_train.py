@@ -94,3 +94,16 @@ def test_help_lists_the_options():
     result = CliRunner().invoke(train.build_cli(), ['--help'])
     for text in ['--map', '--pl-weight', '--reg-gain', 'low_shot']:
         assert text in result.output
+
+def test_differences_table_names_real_options():
+    """docs/differences.md: every --option its table names exists in train.py or lt_dataset.py."""
+    import re
+    import lt_dataset
+    text = open(os.path.join(ROOT, 'docs', 'differences.md'), encoding='utf-8').read()
+    rows = [line for line in text.splitlines() if line.startswith('| ') and not line.startswith('| ---')]
+    assert len(rows) > 20
+    known = {opt for cmd in (train.build_cli(), lt_dataset.main) for p in cmd.params for opt in p.opts}
+    named = set(re.findall(r'(--[a-zA-Z][\w-]*)', '\n'.join(rows)))
+    assert named and named <= known, named - known
+    readme = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+    assert '(docs/differences.md)' in readme
