@@ -38,11 +38,13 @@ REPORT_FILES = ('gpu_report.json', 'gpu_report.md', 'gpu_suite.log', 'reals.png'
 LOG_TAIL = 12000                        # characters of each command's stdout and stderr kept in the log
 RESERVE_S = 3.0                         # kept back from the budget for writing the report
 
-# What each mode runs. `weights` share the time budget among the steps (a step that ends early
-# leaves its time to the later ones); the rest sizes the runs.
+# What each mode runs. `weights` share the time budget: step i may use the time left times
+# w_i / (w_i + the weights of the later steps), and what it leaves goes on to them. So the quick
+# steps whose failure would void the rest (the probe, a fresh kernel build: ~40 s expected) get
+# large weights at no cost when they are quick; the later weights are about their seconds.
 PROFILES = {
     'gpu': dict(
-        weights=dict(env=5, build=40, pytest=40, ops=15, speed=135, real=40, plugins=60, dist=25),
+        weights=dict(env=30, build=160, pytest=45, ops=25, speed=125, real=40, plugins=55, dist=40),
         cfg='cifar', res=32, real_train_s=25, real_tick=1, real_min_ticks=3, real_args=[], plugin_train_s=8,
         plugin_tick=0.25, jobs=6, workers=2, speed_workers=3,
         grid_max=16, startup_s=15, lottery_imp_kimg=0.5, regan_iters=8, dist_kimg=0.5, dist_tick=0.25,
@@ -845,7 +847,7 @@ def step_dist(ctx, deadline):
     ensure_data(ctx, deadline)
     nproc = max(1, ctx.gpus) if ctx.cuda else 1
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={nproc}']
-    coll = run_child(ctx, torchrun + [os.path.abspath(__file__), '_worker', 'dist', '{}'], min(60.0, deadline.left() / 3))
+    coll = run_child(ctx, torchrun + [os.path.abspath(__file__), '_worker', 'dist', '{}'], min(60.0, deadline.left() * 0.4))
     found = coll.results()
     rows, problems = [], []
     r = found[-1] if found else None
