@@ -34,8 +34,11 @@ def dry_run_options(tmp_path, data, *args, in_process=True):
     return json.loads(text.split('Training options:')[1].split('Output directory:')[0])
 
 def test_low_shot_preset_and_map(tmp_path, data):
-    c = dry_run_options(tmp_path, data, '--cfg=low_shot', '--reg-gain=none', '--pl-weight=0.5', in_process=False)
+    c = dry_run_options(tmp_path, data, '--cfg=low_shot', '--reg-gain=none', '--pl-weight=0.5', '--map=3', in_process=False)
     assert (c['loss_kwargs']['reg_gain'], c['loss_kwargs']['pl_weight']) == ('none', 0.5)
+    assert c['G_kwargs']['mapping_kwargs']['num_layers'] == 3
+    assert c['run_dir'].endswith('-low_shot-map3-pl0.5-reggain-none-noaug')
+    c = dry_run_options(tmp_path, data, '--cfg=low_shot')
     assert (c['total_kimg'], c['batch_size'], c['batch_gpu']) == (300, 8, 8)
     assert c['G_kwargs']['synthesis_kwargs']['channel_base'] == c['D_kwargs']['channel_base'] == 32768   # fmaps 1
     assert c['G_opt_kwargs']['lr'] == c['D_opt_kwargs']['lr'] == 0.002
@@ -44,7 +47,7 @@ def test_low_shot_preset_and_map(tmp_path, data):
     assert c['G_kwargs']['mapping_kwargs']['num_layers'] == 2
     assert c['D_kwargs']['epilogue_kwargs']['mbstd_group_size'] == 4
     assert c['image_snapshot_ticks'] == c['network_snapshot_ticks'] == 10
-    assert c['run_dir'].endswith('-low_shot-pl0.5-reggain-none-noaug')
+    assert c['run_dir'].endswith('-low_shot-noaug')
     # ref_gpus = gpus: the batch of 8 is split over the processes; --map overrides any preset.
     c = dry_run_options(tmp_path, data, '--cfg=low_shot', '--gpus=2', '--map=5')
     assert c['loss_kwargs']['pl_weight'] == 2 and c['loss_kwargs']['reg_gain'] == 'interval'
@@ -70,7 +73,11 @@ def test_reg_gain_none_pl_weight_map_train(tmp_path, data):
     c = train.build_cli().main(argv, standalone_mode=False)
     c.G_kwargs.update(z_dim=32, w_dim=32)                  # smaller than tiny, to keep the test fast
     c.G_kwargs.synthesis_kwargs.channel_max = c.D_kwargs.channel_max = 16
-    train.run_training(c)
+    result = train.run_training(c)
+    for phase in result.phases:         # lazy Adam scaling kept: lr * k/(k+1), betas ** (k/(k+1))
+        k = 4 if phase.name.startswith('G') else 16
+        assert phase.opt.param_groups[0]['lr'] == pytest.approx(0.005 * k / (k + 1))
+        assert phase.opt.param_groups[0]['betas'][1] == pytest.approx(0.99 ** (k / (k + 1)))
     with open(os.path.join(c.run_dir, 'training_options.json')) as f:
         options = json.load(f)
     assert (options['loss_kwargs']['reg_gain'], options['loss_kwargs']['pl_weight']) == ('none', 0.5)
