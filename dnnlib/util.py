@@ -14,6 +14,7 @@ import re
 import sys
 import tempfile
 import types
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -270,7 +271,6 @@ def open_url(url: str, cache_dir: str = None, num_attempts: int = 3, verbose: bo
             break
         except Exception as e: # network errors, HTTP errors, timeouts
             last_error = e
-            import urllib.error
             if isinstance(e, urllib.error.HTTPError) and e.code in (403, 404):
                 break # retrying will not help
             if attempts_left == 0:

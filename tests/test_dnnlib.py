@@ -105,6 +105,12 @@ def test_sha256_check(server, tmp_path):
     with pytest.raises(IOError, match='SHA-256 mismatch'):
         util.open_url(str(local), sha256=bad)
 
+def test_single_attempt_download(server, tmp_path):
+    # metrics.detectors downloads with num_attempts=1: the first attempt must be able to succeed.
+    base, handler = server
+    with util.open_url(base + '/weights/model.pkl', cache_dir=str(tmp_path), num_attempts=1, verbose=False) as f:
+        assert f.read() == handler.files['/weights/model.pkl']
+
 def test_unreachable_url_gives_clear_error(tmp_path):
     url = f'http://127.0.0.1:{_free_port()}/detector.pkl'
     with pytest.raises(IOError) as info:
