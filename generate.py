@@ -3,6 +3,7 @@
     python generate.py --network=snap.pkl --seeds=0-63 --outdir=out
     python generate.py --network=snap.pkl --seeds=0-15 --class=3 --trunc=0.7 --grid --outdir=out
     python generate.py --network=snap.pkl --seeds=0,5,9 --video --frames=60 --outdir=out
+    python generate.py --network=snap.pkl --projected-w=out/projected_w.npz --outdir=out
 """
 
 import math
@@ -100,6 +101,40 @@ def write_video(G, seeds, c, trunc, noise_mode, frames, fps, path, device):
                 frame = to_uint8(G.synthesis(w, noise_mode=noise_mode))[0]
                 writer.append_data(np.repeat(frame, 3, axis=2) if frame.shape[2] == 1 else frame)
 
+def load_generator(network, safe, device):
+    """G_ema of a network file or URL, in eval mode on `device` (errors as click messages)."""
+    import legacy
+    print(f'Loading network from "{network}"...')
+    try:
+        G = legacy.load_network(network, safe=safe)['G_ema']
+    except FileNotFoundError as e:
+        raise click.UsageError(f'--network: {e}')
+    except (ValueError, IOError) as e:
+        raise click.ClickException(f'cannot load --network={network}: {e}')
+    return G.eval().requires_grad_(False).to(device)
+
+def read_projected_w(path):
+    """float32 [N, num_ws, w_dim] from projector.py's projected_w.npz (key `w`)."""
+    try:
+        ws = np.load(path)['w']
+    except (OSError, ValueError, KeyError) as e:
+        raise click.UsageError(f'--projected-w={path}: not a projected_w.npz written by projector.py ({e})')
+    if ws.ndim != 3:
+        raise click.UsageError(f'--projected-w={path}: w has shape {list(ws.shape)}; expected [N, num_ws, w_dim]')
+    return torch.from_numpy(ws.astype(np.float32))
+
+def render_projected_w(G, ws, noise_mode, outdir, device):
+    """projNN.png for each w of a projected_w.npz."""
+    if tuple(ws.shape[1:]) != (G.num_ws, G.w_dim):
+        raise click.UsageError(f'--projected-w holds ws of shape {list(ws.shape[1:])}, but this network takes '
+                               f'[{G.num_ws}, {G.w_dim}]: project with the same network')
+    os.makedirs(outdir, exist_ok=True)
+    with torch.no_grad():
+        for idx, w in enumerate(ws.to(device)):
+            img = G.synthesis(w[None], noise_mode=noise_mode)
+            save_png(to_uint8(img)[0], os.path.join(outdir, f'proj{idx:02d}.png'))
+    print(f'Wrote {len(ws)} image(s) of the projected w to {outdir}')
+
 #----------------------------------------------------------------------------
 
 @click.command()
@@ -114,19 +149,17 @@ def write_video(G, seeds, c, trunc, noise_mode, frames, fps, path, device):
 @click.option('--frames', help='Video frames per transition between two seeds', type=click.IntRange(min=1), default=60, show_default=True)
 @click.option('--fps', help='Video frame rate', type=click.IntRange(min=1), default=30, show_default=True)
 @click.option('--safe', help='Refuse network pickles (they can run code); accept only the safe export', is_flag=True)
-def generate_images(network, seeds, truncation_psi, class_idx, noise_mode, outdir, grid, video, frames, fps, safe):
+@click.option('--projected-w', '--projected_w', 'projected_w', help='Render the ws of projector.py\'s projected_w.npz '
+              '(projNN.png) instead of seeds', metavar='FILE')
+def generate_images(network, seeds, truncation_psi, class_idx, noise_mode, outdir, grid, video, frames, fps, safe, projected_w):
     """Generate images with a trained network: seedNNNN.png per seed, optional grid.png and interp.mp4."""
-    import legacy
     seeds = parse_seeds(seeds)
     device = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
-    print(f'Loading network from "{network}"...')
-    try:
-        G = legacy.load_network(network, safe=safe)['G_ema']
-    except FileNotFoundError as e:
-        raise click.UsageError(f'--network: {e}')
-    except (ValueError, IOError) as e:
-        raise click.ClickException(f'cannot load --network={network}: {e}')
-    G = G.eval().requires_grad_(False).to(device)
+    ws = read_projected_w(projected_w) if projected_w is not None else None
+    G = load_generator(network, safe, device)
+    if ws is not None:
+        render_projected_w(G, ws, noise_mode, outdir, device)
+        return
     c = class_label(G, class_idx)
     os.makedirs(outdir, exist_ok=True)
 
