@@ -74,7 +74,7 @@ PLUGIN_ROWS = [
     ('noaug', ['--aug=noaug'], {}, {}),
     ('fixed', ['--aug=fixed', '--p=0.3'], dict(p=P), {}),
     ('ada', ['--aug=ada'], dict(p=P), {}),
-    ('apa', ['--aug=apa', '--with-dataaug=1', '--mirror=1'], dict(p=P, replaced='APA/replaced_fraction'), {}),
+    ('apa', ['--aug=apa', '--with-dataaug=1', '--mirror=1'], dict(p=P), {}),     # APA/replaced_fraction only once p > 0
     ('diffaug', ['--aug=diffaug', '--mirror=1'], {}, {}),
     ('utlo', ['--cond=1', '--method=utlo', '--res-uc=8', '--alpha=1', '--mirror=1'], dict(loss_uc='Loss/G/loss_uc'), {}),
     ('transfer-bn', ['--cond=1', '--method=transfer', '--transfer-stage=bn', '--resume=@cond'],
@@ -1031,13 +1031,13 @@ def check_out_dir(out):
 @click.option('--data', metavar='ZIP', type=click.Path(exists=True), default=None,
               help='Dataset for steps 6-8 (10% of CIFAR-10 from dataset_tool); default: the built-in shapes')
 @click.option('--budget-s', 'budget_s', type=click.FloatRange(min=30), default=None,
-              help='Seconds for the whole run [default: 360; --cpu-smoke: 180]')
+              help='Seconds for the whole run [default: 360; --cpu-smoke: 300]')
 @click.option('--cpu-smoke', 'smoke', is_flag=True, help='Every step on the CPU with the tiny preset and tiny budgets')
 @click.option('--keep-work', is_flag=True, help='Keep the scratch folder (run directories) and print where it is')
 def main(out, data, budget_s, smoke, keep_work):
     """Check the whole product on a CUDA machine (or, with --cpu-smoke, on the CPU) in one run."""
     check_out_dir(out)
-    budget_s = budget_s or (180.0 if smoke else 360.0)
+    budget_s = budget_s or (300.0 if smoke else 360.0)
     started = time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())
     t0 = time.monotonic()
     os.makedirs(out, exist_ok=True)
