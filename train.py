@@ -107,16 +107,10 @@ def load_training_set(data, labels, cond, mirror, subset, seed):
         kwargs.use_labels = training_set.has_labels
         kwargs.max_size = len(training_set)
         name = training_set.name
-        shape = training_set.image_shape
         has_labels = training_set.has_labels
         del training_set
     except (IOError, OSError, ValueError, KeyError) as err:
         raise click.UsageError(f'--data={data}: cannot read the dataset: {err}')
-    if shape[1] != shape[2]:
-        raise click.UsageError(f'--data={data}: images are {shape[2]}x{shape[1]}; they must be square (resize with dataset_tool.py)')
-    res = shape[1]
-    if res < 4 or res & (res - 1) != 0:
-        raise click.UsageError(f'--data={data}: resolution {res} is not a power of two (resize with dataset_tool.py --width/--height)')
     if cond:
         if not has_labels:
             raise click.UsageError(f'--cond=True needs labels, but {data} has none; add them to dataset.json (dataset_tool.py) '
@@ -274,6 +268,7 @@ def _spawned_worker(rank, c, init_method):
 def prebuild_ops():
     """Build the custom CUDA ops once here, before workers start, so they do not race to compile."""
     from torch_utils import custom_ops
+    from torch_utils.ops import bias_act, upfirdn2d  # noqa: F401  (importing an op registers its build)
     custom_ops.prebuild_all(verbose=True)
 
 def under_torchrun():
@@ -341,10 +336,7 @@ def plugin_click_options():
             continue
         seen.add(opt.key)
         decl = f'--{opt.name}'
-        if opt.is_flag:
-            param = click.Option([decl, opt.key], is_flag=True, default=bool(opt.default), help=opt.help)
-        else:
-            param = click.Option([decl, opt.key], type=opt.type, default=opt.default, show_default=True, help=opt.help)
+        param = click.Option([decl, opt.key], type=opt.type, default=opt.default, show_default=True, help=opt.help)
         param.plugin_group = plugin_name
         params.append(param)
     return params

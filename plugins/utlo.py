@@ -43,8 +43,6 @@ class UTLOPlugin(Plugin):
             raise ValueError(f'--alpha must be >= 0, got {alpha}')
         if not opts.get('add_uc', True) and alpha != 0:
             raise ValueError('--add-uc=false trains no unconditional head, so its loss weight must be 0: add --alpha=0')
-        if opts.get('cond') is not None and not opts.get('cond'):
-            raise ValueError('UTLO is class-conditional: add --cond=1 (and a dataset with labels)')
 
     @classmethod
     def configure(cls, c, opts):
@@ -78,7 +76,7 @@ class UTLOPlugin(Plugin):
         self.alpha = float(opts['alpha'])
         self.add_uc = bool(opts.get('add_uc', True))
         self.w_main, self.w_uc = uc_weights(self.alpha)
-        self.grid_ticks = opts.get('utlo_grid_ticks') or opts.get('snap') or 50
+        self.grid_ticks = opts.get('utlo_grid_ticks') or 50
         self.run_dir = None
         self.G_ema = None
         self.grid = None

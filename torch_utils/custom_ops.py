@@ -10,8 +10,8 @@ new GPU therefore never loads a stale binary. Concurrent processes serialise on 
 that records its owner; a lock left behind by a killed build is detected (dead owner pid, or
 older than `TOOLKIT_OPS_LOCK_TIMEOUT` seconds) and removed.
 
-Multi-process training: call `prebuild_all()` once in the launcher before worker processes
-start. Workers then find the finished build on disk and import it without compiling or
+Multi-process training: import the op modules (each registers its loader on import) and call
+`prebuild_all()` once in the launcher before worker processes start. Workers then find the finished build on disk and import it without compiling or
 waiting on locks; a failed build is remembered on disk too (file `FAILED` in the build
 directory), so workers fall back at once instead of each compiling again.
 
@@ -357,7 +357,10 @@ def plugin_loader(module_name: str, sources: List[str], headers: List[str], sour
 
 
 def prebuild_all(verbose: bool = True) -> Dict[str, bool]:
-    """Build every custom op now, in this process; returns {plugin name: built?}.
+    """Build every registered custom op now, in this process; returns {plugin name: built?}.
+
+    An op module registers its loader when it is imported (plugin_loader); the caller imports
+    the ones it will use, so this module needs no import of the ops built on top of it.
 
     Call it from the training launcher before starting worker processes (e.g. before
     `torch.multiprocessing.spawn`), so that the compile happens once and the workers only
@@ -367,8 +370,6 @@ def prebuild_all(verbose: bool = True) -> Dict[str, bool]:
     """
     if not torch.cuda.is_available():
         return {}
-    import torch_utils.ops.bias_act     # noqa: F401  (importing an op module registers its loader)
-    import torch_utils.ops.upfirdn2d    # noqa: F401
     status = {}
     for name, loader in sorted(_registry.items()):
         t0 = time.time()
