@@ -18,13 +18,12 @@ from torch_utils import misc, training_stats
 
 class Option:
     """One command-line option a plugin adds to train.py (`--name`, stored as opts.name_with_underscores)."""
-    def __init__(self, name, type=str, default=None, help='', is_flag=False):
+    def __init__(self, name, type=str, default=None, help=''):
         self.name = name                  # CLI spelling, e.g. 'diffaug-policy'
         self.key = name.replace('-', '_') # key in the opts dict
         self.type = type
         self.default = default
         self.help = help
-        self.is_flag = is_flag
 
 _registry = {}      # name -> Plugin subclass
 _loaded = False
@@ -199,9 +198,6 @@ class PluginSet:
                 return p
         raise KeyError(name)
 
-    def has(self, hook):
-        return len(self._impl[hook]) > 0
-
     @property
     def augment_pipe(self):
         for p in self.plugins:
@@ -288,24 +284,42 @@ class AdaptiveP:
     r is the mean of the statistic `stat_name` (e.g. 'Loss/signs/real') reported through
     training_stats since the last adjustment, averaged over all ranks. `p` is a 0-dim tensor
     buffer owned by someone else (the augment pipe or the APA plugin); it is updated in place.
+    The controller owns its window of reports: those collected when a snapshot is taken between
+    two adjustments are kept as `pending` in its state, so a resumed run makes exactly the
+    adjustment the uninterrupted run would have made.
     """
     def __init__(self, p, target=0.6, speed_kimg=500, interval=4, stat_name='Loss/signs/real'):
         self.p = p
         self.target = float(target)
         self.speed_kimg = float(speed_kimg)
         self.interval = int(interval)
-        self.collector = training_stats.Collector(regex=re.escape(stat_name) + '$')
+        self.collector = training_stats.Collector(regex=re.escape(stat_name) + '$', keep_previous=False)
         self.stat_name = stat_name
+        self.pending = [0, 0.0]     # [count, sum] of reports collected but not used yet
 
     def step_size(self, batch_size):
         return batch_size * self.interval / (self.speed_kimg * 1000)
+
+    def _drain(self):
+        """Fold the new reports (all ranks) into `pending`; returns their count. A collective call."""
+        self.collector.update()
+        num = self.collector.num(self.stat_name)
+        if num > 0:
+            self.pending[0] += num
+            self.pending[1] += self.collector.mean(self.stat_name) * num
+        return num
 
     def update(self, batch_idx, batch_size):
         """Call once per iteration after the D phases; adjusts p every `interval` iterations."""
         if batch_idx % self.interval != 0:
             return
-        self.collector.update()
-        r = self.collector.mean(self.stat_name)
+        pending_before = self.pending[0]
+        num = self._drain()
+        if pending_before == 0 and num > 0:
+            r = self.collector.mean(self.stat_name)   # the common case, without re-summing
+        else:
+            r = self.pending[1] / self.pending[0] if self.pending[0] > 0 else float('nan')
+        self.pending = [0, 0.0]
         self.adjust(r, batch_size)
 
     def adjust(self, r, batch_size):
@@ -320,12 +334,19 @@ class AdaptiveP:
 
     def restart(self):
         """p back to 0 and the statistic collected so far dropped (a collective call with several ranks)."""
-        self.collector.update()
+        self._drain()
+        self.pending = [0, 0.0]
         misc.set_host_value(self.p, 0.0)
 
     def state_dict(self):
-        return dict(target=self.target, speed_kimg=self.speed_kimg)
+        """Schedule and pending window (a collective call: the window is drained first)."""
+        self._drain()
+        return dict(target=self.target, speed_kimg=self.speed_kimg, pending=list(self.pending))
 
-    def load_state_dict(self, state):
-        self.target = float(state.get('target', self.target))
-        self.speed_kimg = float(state.get('speed_kimg', self.speed_kimg))
+    def load_state_dict(self, state, schedule=True):
+        """Restore the pending window, and with `schedule` the target and speed too."""
+        if schedule:
+            self.target = float(state.get('target', self.target))
+            self.speed_kimg = float(state.get('speed_kimg', self.speed_kimg))
+        if state.get('pending') is not None:
+            self.pending = [int(state['pending'][0]), float(state['pending'][1])]

@@ -65,11 +65,6 @@ class ADA(_AugmentBase):
         self.controller = AdaptiveP(self.augment_pipe.p, target=DEFAULT_TARGET if target is None else target,
                                     speed_kimg=opts.get('ada_kimg') or 500, interval=ADA_INTERVAL,
                                     stat_name='Loss/signs/real')
-        # Our own window of the sign statistic (the controller's adjust() does the step). Reports
-        # collected when a snapshot is taken between two adjustments are carried as `pending`,
-        # so a resumed run makes exactly the adjustment the uninterrupted run would have made.
-        self.collector = training_stats.Collector(regex=r'Loss/signs/real', keep_previous=False)
-        self.pending = [0, 0.0]     # [count, sum] of signs collected but not yet used
 
     @classmethod
     def validate(cls, aug, methods, opts):
@@ -87,43 +82,23 @@ class ADA(_AugmentBase):
             desc += f'-{opts["augpipe"]}'
         return desc
 
-    def _drain(self):
-        """Collect the new reports (all ranks) into `pending`. A collective call."""
-        self.collector.update()
-        num = self.collector.num('Loss/signs/real')
-        if num > 0:
-            self.pending[0] += num
-            self.pending[1] += self.collector.mean('Loss/signs/real') * num
-        return num
-
     def end_of_iteration(self, state, stats):
-        if state.batch_idx % self.controller.interval != 0:
-            return
-        pending_before = self.pending[0]
-        num = self._drain()
-        if pending_before == 0 and num > 0:
-            r = self.collector.mean('Loss/signs/real')   # the common case, without re-summing
-        else:
-            r = self.pending[1] / self.pending[0] if self.pending[0] > 0 else float('nan')
-        self.pending = [0, 0.0]
-        self.controller.adjust(r, state.batch_size)
+        self.controller.update(state.batch_idx, state.batch_size)
 
     def on_D_rewind(self):
-        # A rewound D has not overfit yet: p starts again from 0, as a fresh run would.
-        self._drain()
-        self.pending = [0, 0.0]
-        misc.set_host_value(self.augment_pipe.p, 0.0)
+        self.controller.restart()   # a rewound D has not overfit yet: p starts again from 0
 
     def state_for_snapshot(self):
-        self._drain()
-        return dict(p=float(self.augment_pipe.p), controller=self.controller.state_dict(), pending=list(self.pending))
+        return dict(p=float(self.augment_pipe.p), controller=self.controller.state_dict())
 
     def load_state(self, state):
         super().load_state(state)
-        if 'controller' in state:
-            self.controller.load_state_dict(state['controller'])
-        if 'pending' in state:
-            self.pending = [int(state['pending'][0]), float(state['pending'][1])]
+        controller = dict(state.get('controller') or {})
+        if 'pending' in state:   # snapshots written before the controller owned the window
+            controller['pending'] = state['pending']
+        self.controller.load_state_dict(controller)
+
+#----------------------------------------------------------------------------
 
 @register('fixed')
 class FixedP(_AugmentBase):

@@ -128,7 +128,7 @@ class APAPlugin(Plugin):
         return self.augment_pipe(img)
 
     def end_of_iteration(self, state, stats):
-        if self.controller is not None and state.batch_idx % self.controller.interval == 0:
+        if self.controller is not None:
             self.controller.update(state.batch_idx, state.batch_size)
 
     def on_D_rewind(self):
@@ -143,7 +143,9 @@ class APAPlugin(Plugin):
                     controller=None if self.controller is None else self.controller.state_dict())
 
     def load_state(self, state):
-        # Only p is restored: the controller's target and speed come from this run's options
-        # (ada_kimg is 100 when resuming).
         if state.get('p') is not None:
             misc.set_host_value(self.p, float(state['p']))
+        # p and the pending window are restored; the controller's target and speed come from
+        # this run's options (ada_kimg is 100 when resuming).
+        if self.controller is not None and state.get('controller') is not None:
+            self.controller.load_state_dict(state['controller'], schedule=False)

@@ -110,33 +110,42 @@ def test_tiny_run_writes_outputs_and_reproducible_snapshot(tmp_path, data):
     assert img_snap.shape == (4, 3, 16, 16)
     assert torch.equal(img_snap, img_again) and torch.equal(img_snap, img_live)
 
-def test_full_resume_continues_exactly(tmp_path, data):
+def _p(result, aug):
+    return float(result.plugins['ada'].augment_pipe.p if aug == 'ada' else result.plugins['apa'].p)
+
+@pytest.mark.parametrize('aug', ['ada', 'apa'])
+def test_full_resume_continues_exactly(tmp_path, data, aug):
     """Train 5 iterations straight; or 3, snapshot, resume and train 2: identical networks,
-    optimizer states, augment p, ADA statistics and counters (CPU, so bitwise)."""
-    common = ['--aug=ada', '--tick=0.016', '--snap=1', '--cond=1']
-    def fast_ada(c):   # force the controller up with a huge step, so p = 0.32 from iteration 5 on
+    optimizer states, augment p, the p controller's pending statistics and counters (CPU, so
+    bitwise). ADA and APA share the controller, so both resume the same way."""
+    common = [f'--aug={aug}', '--tick=0.016', '--snap=1', '--cond=1']
+    def fast_p(c):   # force the controller up with a huge step, so p = 0.32 from iteration 5 on
         c.plugin_opts.update(target=-2, ada_kimg=0.1)
         return c
-    straight = train.run_training(fast_ada(config(tmp_path / 'a', data, '--kimg=0.040', *common)))
-    assert float(straight.plugins['ada'].augment_pipe.p) == pytest.approx(8 * 4 / 100)
+    straight = train.run_training(fast_p(config(tmp_path / 'a', data, '--kimg=0.040', *common)))
+    assert _p(straight, aug) == pytest.approx(8 * 4 / 100)
 
-    first = fast_ada(config(tmp_path / 'b', data, '--kimg=0.024', *common))
+    first = fast_p(config(tmp_path / 'b', data, '--kimg=0.024', *common))
     train.run_training(first)
     snap_path = os.path.join(first.run_dir, 'network-snapshot-000000.pkl')
     rs = load_pickle(snap_path)['resume_state']
     assert rs['cur_nimg'] == 24 and rs['batch_idx'] == 3
-    assert rs['plugins']['ada']['pending'][0] == 4 * 8   # D(real) signs of 3 Dmain + 1 Dreg, not yet used by ADA
+    # D(real) signs of 3 Dmain + 1 Dreg, not yet used by the controller
+    assert rs['plugins'][aug]['controller']['pending'][0] == 4 * 8
     resumed_c = config(tmp_path / 'b', data, '--kimg=0.040', f'--resume={snap_path}', *common)
     assert resumed_c.plugin_opts['ada_kimg'] == 100            # upstream rule for resumes ...
-    resumed = train.run_training(resumed_c)
-    assert resumed.plugins['ada'].controller.speed_kimg == 0.1  # ... but a full resume keeps the run's own speed
+    if aug == 'ada':
+        resumed = train.run_training(resumed_c)
+        assert resumed.plugins['ada'].controller.speed_kimg == 0.1  # ... but ADA's full resume keeps the run's own speed
+    else:
+        resumed = train.run_training(fast_p(resumed_c))             # APA takes its speed from this run's options
 
     assert (resumed.cur_nimg, resumed.batch_idx, resumed.cur_tick) == (straight.cur_nimg, straight.batch_idx, straight.cur_tick)
     a, b = all_tensors(straight), all_tensors(resumed)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert float(straight.plugins['ada'].augment_pipe.p) == float(resumed.plugins['ada'].augment_pipe.p)
+    assert _p(straight, aug) == _p(resumed, aug)
     for pa, pb in zip(straight.phases, resumed.phases):
         sa, sb = pa.opt.state_dict()['state'], pb.opt.state_dict()['state']
         assert sa.keys() == sb.keys() and len(sa) > 0
