@@ -462,12 +462,7 @@ def combine_vgg16_weights(torchvision_path, lpips_path, out_path):
 
 def _cached_download_path(url):
     """Where dnnlib.util.open_url keeps its cached copy of `url`."""
-    url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
-    name = os.path.basename(url.split('?')[0]) or 'download'
-    namer = getattr(dnnlib.util, '_cache_file_name', None)
-    if namer is not None:
-        url_md5, name = namer(url)
-    return os.path.join(dnnlib.util.make_cache_dir_path('downloads'), f'{url_md5}_{name}')
+    return dnnlib.util.cache_path_for_url(url)
 
 def _missing_detector_message(kind, url, err):
     alt = {'inception': f'\n  (pytorch-fid\'s weight file also works: {INCEPTION_PYTORCH_FID_URL})',
@@ -486,7 +481,8 @@ def _read_detector_bytes(spec, kind):
     if not is_remote and not url.startswith('file://') and not os.path.isfile(url):
         raise DetectorError(f'Detector file not found: "{url}". Pass an existing file or URL with --detector.')
     try:
-        with dnnlib.util.open_url(url, num_attempts=1 if is_remote else 3, verbose=False) as f:
+        # The default retries and a progress line: a detector is ~100 MB, fetched once per machine.
+        with dnnlib.util.open_url(url) as f:
             return f.read()
     except DetectorError:
         raise

@@ -114,6 +114,7 @@ def test_missing_local_file_error(tmp_path):
 
 def test_missing_detector_offline_names_file_url_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.setenv('DNNLIB_DOWNLOAD_TIMEOUT', '0.2')  # short back-off between the retries
     url = 'http://127.0.0.1:9/metrics/inception-2015-12-05.pt'  # nothing listens on the discard port
     with pytest.raises(detectors.DetectorError) as e:
         detectors.load_detector(url, kind='inception')
@@ -131,6 +132,24 @@ def test_default_url_uses_the_cache(tmp_path, monkeypatch, inception_sd):
     torch.save(inception_sd, cached)
     net, _ = detectors.load_detector(None, kind='inception')
     assert isinstance(net, detectors.InceptionV3)
+
+def test_detector_downloads_from_a_url_once(tmp_path, monkeypatch, capsys):
+    """What train.py does at its first snapshot with the default metrics: fetch the detector
+    over HTTP (a real server on 127.0.0.1), with a progress line, into the cache."""
+    from local_http import LocalServer
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path))
+    monkeypatch.setattr(detectors, '_cache', {})
+    stub = detectors.save_stub_detector(str(tmp_path / 'stub.pt'))
+    with LocalServer({'/metrics/inception-2015-12-05.pt': open(stub, 'rb').read()}) as srv:
+        url = srv.url('/metrics/inception-2015-12-05.pt')
+        net, ident = detectors.load_detector(url, kind='inception')
+        assert srv.requests == ['/metrics/inception-2015-12-05.pt']
+        monkeypatch.setattr(detectors, '_cache', {})
+        assert detectors.load_detector(url, kind='inception')[1] == ident  # from the cache
+        assert srv.requests == ['/metrics/inception-2015-12-05.pt']
+    assert f'Downloaded {url}' in capsys.readouterr().err
+    assert os.path.isfile(detectors._cached_download_path(url))
+    assert net(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), return_features=True).shape[0] == 2
 
 class _TinyExtractor(torch.nn.Module):
     def forward(self, x, return_features: bool = False):
