@@ -271,6 +271,16 @@ def prebuild_ops():
     from torch_utils.ops import bias_act, upfirdn2d  # noqa: F401  (importing an op registers its build)
     custom_ops.prebuild_all(verbose=True)
 
+def default_workers():
+    """DataLoader workers when --workers is not given: min(3, cores - 1). One core stays with the
+    training process; three workers keep a GPU fed with the small PNGs of limited-data sets; on
+    one core, workers would only compete with training, so loading happens in-process (0)."""
+    try:
+        cores = len(os.sched_getaffinity(0))   # what this process may use (taskset, containers)
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(0, min(3, cores - 1))
+
 def under_torchrun():
     return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
 
@@ -327,19 +337,38 @@ class GroupedCommand(click.Command):
             with formatter.section(f'Options of {group}'):
                 formatter.write_dl(groups[group])
 
+class HelpShowsFirstSpelling(click.Option):
+    """An option that also takes other spellings (the forks' underscores: --res_uc for --res-uc)
+    while --help lists only ours."""
+    def get_help_record(self, ctx):
+        spellings, self.opts = self.opts, self.opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = spellings
+
 def plugin_click_options():
-    """click.Option objects for every registered plugin option (first registration wins)."""
+    """click.Option objects for every registered plugin option (first registration wins); each
+    also accepts its underscore spelling."""
     seen = set()
     params = []
     for plugin_name, opt in plugin_registry.all_options():
         if opt.key in seen:
             continue
         seen.add(opt.key)
-        decl = f'--{opt.name}'
-        param = click.Option([decl, opt.key], type=opt.type, default=opt.default, show_default=True, help=opt.help)
+        decls = [f'--{opt.name}'] + ([f'--{opt.key}'] if opt.key != opt.name else []) + [opt.key]
+        param = HelpShowsFirstSpelling(decls, type=opt.type, default=opt.default, show_default=True, help=opt.help)
         param.plugin_group = plugin_name
         params.append(param)
     return params
+
+def typed_options():
+    """Names of the parameters the user gave (command line or environment), not defaults."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return set()
+    defaults = (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) not in defaults}
 
 def configure_methods(kw, c):
     """Validate --aug / --method and their options, then let each active plugin edit c.
@@ -350,7 +379,7 @@ def configure_methods(kw, c):
                 ada_kimg=100 if kw.resume not in (None, 'noresume') else 500,
                 batch_size=c.batch_size, batch_gpu=c.batch_gpu, total_kimg=c.total_kimg)
     try:
-        active = plugin_registry.resolve(kw.aug, methods, opts)   # validates with the options as given
+        active = plugin_registry.resolve(kw.aug, methods, opts, given=typed_options() & set(opts))
     except ValueError as err:
         raise click.UsageError(str(err))
     if opts.target is None:
@@ -493,6 +522,12 @@ def main(**kw):
         raise click.UsageError(f'--gpus={kw.gpus} but only {torch.cuda.device_count()} CUDA devices are visible')
     if kw.freezed < 0:
         raise click.UsageError('--freezed must be 0 or more')
+    if kw.gamma is not None and kw.gamma < 0:
+        raise click.UsageError(f'--gamma={kw.gamma:g}: the R1 weight must be 0 or more')
+    if kw.workers is None:
+        kw.workers = default_workers()
+    elif kw.workers < 0:
+        raise click.UsageError(f'--workers={kw.workers} must be 0 (load in the training process) or more')
 
     training_set_kwargs, dataset_name, num_images = load_training_set(kw.data, kw.labels, kw.cond, kw.mirror, kw.subset, kw.seed)
     c = make_config(kw.gpus, kw.batch, kw.cfg, kw.gamma, kw.kimg, kw.snap, kw.tick, training_set_kwargs.resolution, kw.seed,
@@ -557,7 +592,7 @@ def build_cli():
                      '(the balanced set with a long-tail run\'s class indices) [default: --labels]', metavar='FILE'),
         click.Option(['--detector'], help='Feature detector path or URL for the metrics', metavar='PATH|URL'),
         click.Option(['--seed'], help='Random seed [default: 0]', type=int, default=0, metavar='INT'),
-        click.Option(['--dry-run', 'dry_run'], help='Print training options and exit', is_flag=True),
+        click.Option(['--dry-run', '-n', 'dry_run'], help='Check everything, print training options and exit', is_flag=True),
         click.Option(['--cond'], help='Train conditional model based on dataset labels [default: false]', type=bool, default=False, metavar='BOOL'),
         click.Option(['--mirror'], help='Enable dataset x-flips [default: false]', type=bool, default=False, metavar='BOOL'),
         click.Option(['--subset'], help='Train with only N images [default: all]', type=int, metavar='INT'),
@@ -575,7 +610,8 @@ def build_cli():
         click.Option(['--nhwc'], help='Use NHWC memory format with FP16', type=bool, default=False, metavar='BOOL'),
         click.Option(['--nobench'], help='Disable cuDNN benchmarking', type=bool, default=False, metavar='BOOL'),
         click.Option(['--allow-tf32', 'allow_tf32'], help='Allow PyTorch to use TF32 internally', type=bool, default=False, metavar='BOOL'),
-        click.Option(['--workers'], help='Override number of DataLoader workers', type=int, default=3, metavar='INT'),
+        click.Option(['--workers'], help='DataLoader worker processes [default: min(3, cores - 1): 0 on one core, '
+                     'which loads in the training process]', type=int, metavar='INT'),
         *speed_click_options(),
     ]
     names = {p.name for p in params}

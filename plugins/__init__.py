@@ -68,10 +68,29 @@ def default_opts():
     """Dict of every plugin option's default value, keyed by option key."""
     return {opt.key: opt.default for _name, opt in all_options()}
 
-def resolve(aug, methods, opts):
+def switch_of(cls):
+    """The command-line switch that turns a plugin on, e.g. '--method=utlo' or '--aug=apa'."""
+    return f'--aug={cls.name}' if cls.kind == 'aug' else f'--method={cls.name}'
+
+def check_given_options(active, given):
+    """Every plugin option the user gave must be read by an active plugin: otherwise it would
+    be dropped without a word. `given`: the option keys typed on the command line."""
+    read = {opt.key for cls in active for opt in cls.options}
+    owners = {}
+    for name, cls in sorted(registry().items()):
+        for opt in cls.options:
+            owners.setdefault(opt.key, (opt, []))[1].append(cls)
+    for key in sorted(set(given) - read):
+        if key in owners:
+            opt, classes = owners[key]
+            raise ValueError(f'--{opt.name} is an option of {" / ".join(c.name for c in classes)}, which is not on: '
+                             f'add {" or ".join(switch_of(c) for c in classes)}, or drop --{opt.name}')
+
+def resolve(aug, methods, opts, given=()):
     """Return the active plugin classes, sorted by `order`, after validation.
 
-    aug: the --aug value; methods: list of --method names; opts: dict of all plugin options.
+    aug: the --aug value; methods: list of --method names; opts: dict of all plugin options;
+    given: keys of the plugin options the user typed (each must belong to an active plugin).
     Raises ValueError with a readable message for unknown names or invalid combinations.
     """
     reg = registry()
@@ -84,6 +103,7 @@ def resolve(aug, methods, opts):
             raise ValueError(f'unknown --method "{m}"; choose from: {", ".join(known_methods) or "(none registered)"}')
     active = [cls for cls in reg.values() if cls.is_active(aug, methods, opts)]
     active.sort(key=lambda cls: (cls.order, cls.name))
+    check_given_options(active, given)
     for cls in active:
         cls.validate(aug, methods, opts)
     return active

@@ -128,7 +128,7 @@ class LotteryPlugin(Plugin):
         if opts.get('advaug_sign') not in ('ref', 'loss_ascent'):
             raise ValueError(f'--advaug-sign must be ref or loss_ascent, got {opts.get("advaug_sign")}')
         if opts.get('advaug_G_target') not in ('b4', 'ws'):
-            raise ValueError(f'--advaug-G-target must be b4 or ws, got {opts.get("advaug_g_target")}')
+            raise ValueError(f'--advaug-G-target must be b4 or ws, got {opts.get("advaug_G_target")}')
 
     @classmethod
     def describe(cls, opts):

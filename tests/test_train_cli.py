@@ -63,6 +63,20 @@ def bad_input_cases(tmp_path, data):
         ([f'--data={data}', '--resume=latest'], '--resume=latest: no network-snapshot'),
         ([f'--data={data}', '--metrics=fid_magic'], 'unknown --metrics fid_magic'),
         ([f'--data={data}', '--metric-labels=lt_5_full.json'], "label file 'lt_5_full.json' not found"),
+        ([f'--data={data}', '--gamma=-1'], '--gamma=-1: the R1 weight must be 0 or more'),
+        ([f'--data={data}', '--workers=-2'], '--workers=-2 must be 0'),
+        # Options of a plugin that is off: refused, naming the switch (issue 13 item 2).
+        ([f'--data={data}', '--cond=1', '--res-uc=8', '--alpha=1'], '--alpha is an option of utlo, which is not on: add --method=utlo'),
+        ([f'--data={data}', '--cond=1', '--res_uc=8'], '--res-uc is an option of utlo, which is not on: add --method=utlo'),
+        ([f'--data={data}', '--regan-sparsity=0.5'], '--regan-sparsity is an option of regan, which is not on: add --method=regan'),
+        ([f'--data={data}', '--imp-rounds=2'], '--imp-rounds is an option of lottery, which is not on: add --method=lottery'),
+        ([f'--data={data}', '--advaug-gamma=0.1'], '--advaug-gamma is an option of lottery'),
+        ([f'--data={data}', '--transfer-stage=ft'], '--transfer-stage is an option of transfer, which is not on: add --method=transfer'),
+        ([f'--data={data}', '--with-dataaug=true'], '--with-dataaug is an option of apa, which is not on: add --aug=apa'),
+        ([f'--data={data}', '--apa-fixed-p=0.3'], '--apa-fixed-p is an option of apa, which is not on: add --aug=apa'),
+        ([f'--data={data}', '--method=lottery', '--advaug-G-target=xx'], '--advaug-G-target must be b4 or ws, got xx'),
+        # Every check runs before the run directory exists, --dry-run included (item 4).
+        ([f'--data={data}', '--cond=1', '--method=transfer', '--dry-run'], '--method=transfer starts from a pretrained network'),
     ]
 
 def test_bad_inputs_give_one_clear_error(tmp_path, data):
@@ -96,6 +110,24 @@ def test_batch_gpu_sets_the_accumulation_round(tmp_path, data):
     assert (c.batch_size, c.batch_gpu) == (64, 64)                # one round
     c = train.build_cli().main(base + ['--batch-gpu=16'], standalone_mode=False)
     assert (c.batch_size, c.batch_gpu) == (64, 16)
+
+def test_options_of_active_plugins_and_their_default_values_pass(tmp_path, data):
+    base = [f'--outdir={tmp_path}', f'--data={data}', '--cfg=tiny', '--metrics=none', '-n']
+    c = train.build_cli().main(base + ['--cond=1', '--method=utlo', '--res_uc=4', '--add_uc=True', '--alpha=1.0'],
+                               standalone_mode=False)
+    assert c.plugin_names == ['ada', 'utlo'] and c.plugin_opts['res_uc'] == 4
+    c = train.build_cli().main(base + ['--aug=apa', '--with-dataaug=true', '--apa-fixed-p=0.3'], standalone_mode=False)
+    assert c.plugin_opts['apa_fixed_p'] == 0.3 and c.plugin_opts['with_dataaug'] is True
+    c = train.build_cli().main(base + ['--diffaug-policy=color'], standalone_mode=False)   # this option turns its plugin on
+    assert 'diffaug' in c.plugin_names
+    assert not any(os.scandir(tmp_path))   # -n is upstream's short --dry-run: nothing written
+
+def test_workers_default_follows_the_cores(tmp_path, data, monkeypatch):
+    base = [f'--outdir={tmp_path}', f'--data={data}', '--cfg=tiny', '--metrics=none', '--dry-run']
+    for cores, workers in [(1, 0), (2, 1), (4, 3), (64, 3)]:
+        monkeypatch.setattr(os, 'sched_getaffinity', lambda pid, n=cores: set(range(n)))
+        assert train.build_cli().main(base, standalone_mode=False).data_loader_kwargs.num_workers == workers
+    assert train.build_cli().main(base + ['--workers=2'], standalone_mode=False).data_loader_kwargs.num_workers == 2
 
 def test_help_groups_plugin_options():
     result = CliRunner().invoke(train.build_cli(), ['--help'])

@@ -13,6 +13,7 @@ import PIL.Image
 import pytest
 import torch
 
+import dnnlib
 import train
 from metrics import detectors
 from training import training_loop
@@ -234,3 +235,20 @@ def test_cuda_snapshot_loads_without_a_gpu(tmp_path, data):
     proc = subprocess.run([sys.executable, '-c', code, snap], cwd=root, capture_output=True, text=True,
                           env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+@pytest.mark.parametrize('aug_args, p_max', [(['--aug=fixed', '--p=0.2'], 0.2), (['--aug=ada'], 0.001)])
+def test_weights_only_start_takes_p_from_the_command_line(tmp_path, data, aug_args, p_max):
+    """An upstream-style pickle (networks, no resume_state) whose augment pipe has p = 1:
+    --aug=fixed trains at --p, ADA starts from 0 (issue 13 item 3)."""
+    from plugins.ada import build_augment_pipe
+    c = config(tmp_path / 'dst', data, '--aug=noaug', '--kimg=0.008', '--snap=1')
+    net = lambda kw: dnnlib.util.construct_class_by_name(**kw, c_dim=0, img_resolution=16, img_channels=3)
+    pipe = build_augment_pipe('bgc', 'cpu')
+    pipe.p.fill_(1.0)
+    weights = tmp_path / 'upstream-like.pkl'
+    with open(weights, 'wb') as f:
+        pickle.dump(dict(G=net(c.G_kwargs), D=net(c.D_kwargs), G_ema=net(c.G_kwargs), augment_pipe=pipe), f)
+    c = config(tmp_path / 'dst', data, *aug_args, '--kimg=0.008', '--snap=1', f'--resume={weights}')
+    train.run_training(c)
+    p = float(load_pickle(os.path.join(c.run_dir, 'network-snapshot-000000.pkl'))['augment_pipe'].p)
+    assert p == pytest.approx(p_max) if aug_args[0] == '--aug=fixed' else 0 <= p <= p_max

@@ -305,7 +305,9 @@ def training_loop(
     if full_resume:   # again after setup, so modules a plugin added are filled from the snapshot too
         copy_resume_weights(resume_data, G, D, G_ema)
     augment_pipe = plugins.augment_pipe
-    if resume_data is not None and augment_pipe is not None and resume_data.get('augment_pipe') is not None:
+    # Only a full resume continues p; from a network file without our training state (an upstream
+    # pickle, a transfer source) p starts where the command line says (--p, or 0 for ADA).
+    if full_resume and augment_pipe is not None and resume_data.get('augment_pipe') is not None:
         copy_matching_params(resume_data['augment_pipe'], augment_pipe)
 
     # ---- Optimizers, loss, counters -------------------------------------------------------------
