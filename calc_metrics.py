@@ -11,6 +11,7 @@ through the download cache ($DNNLIB_CACHE_DIR, default ~/.cache/dnnlib).
 
 import copy
 import os
+import re
 import tempfile
 
 import click
@@ -33,6 +34,23 @@ def parse_metric_list(value):
                                  f'{", ".join(metric_main.list_valid_metrics())} (counts may vary, e.g. fid100_full)',
                                  param_hint='--metrics')
     return names
+
+def metric_for_count(name, num_gen):
+    """The metric whose name states `num_gen` generated images: --num-gen=32 turns fid50k_full
+    into fid32_full, so the result never lands beside real 50k results under the 50k name.
+    (A legacy name also takes the count for its reals: fid50k -> fid32.)"""
+    spec = metric_main.parse_metric(name)
+    if spec.kind == 'ppl':
+        raise click.UsageError(f'--num-gen does not apply to {name}: its name has no count to carry it; drop --num-gen')
+    if spec.kind in ('fid_shots', 'kid_shots'):
+        renamed = re.sub(r'^(fid|kid)(\d+k?)?_shots', lambda m: f'{m.group(1)}{num_gen}_shots', name)
+    elif spec.kind == 'pr':
+        renamed = re.sub(r'^pr\d+k?(?=\d(_full)?$)', f'pr{num_gen}', name)
+    else:
+        renamed = re.sub(r'^(fid|kid|is)\d+k?', lambda m: f'{m.group(1)}{num_gen}', name)
+    new = metric_main.parse_metric(renamed)
+    assert new is not None and new.kind == spec.kind and new.num_gen == num_gen, (name, renamed)
+    return renamed
 
 def metric_dataset_kwargs(data, training_set_kwargs, G, mirror, labels):
     """Dataset kwargs the metrics compare against.
@@ -95,7 +113,7 @@ def run_metrics(rank, args, temp_dir):
         result = metric_main.calc_metric(metric=metric, G=G, dataset_kwargs=args.dataset_kwargs,
                                          num_gpus=args.num_gpus, rank=rank, device=device, detector=args.detector,
                                          progress=True if rank == 0 and args.verbose else None,
-                                         fake_images=args.images, num_gen=args.num_gen)
+                                         fake_images=args.images)
         if rank == 0:
             metric_main.report_metric(result, run_dir=args.run_dir, snapshot_pkl=args.network)
     if args.num_gpus > 1:
@@ -111,7 +129,8 @@ def _spawned(rank, args, temp_dir):
 @click.command()
 @click.option('--network', 'network', help='Network file: our snapshot, a stylegan2-ada-pytorch pickle, or the safe export', metavar='PATH|URL')
 @click.option('--metrics', 'metrics', help='Comma-separated list of metrics', default='fid50k_full', show_default=True)
-@click.option('--data', help='Dataset to compare against [default: the snapshot\'s training set]', metavar='[ZIP|DIR]')
+@click.option('--data', '--metricdata', 'data', help='Dataset to compare against [default: the snapshot\'s training set]; '
+              '--metricdata is APA\'s spelling', metavar='[ZIP|DIR]')
 @click.option('--labels', help='Label file inside the dataset selecting its images (e.g. dataset.json for the full set)', metavar='FILE.json')
 @click.option('--mirror', help='Use x-flips of the dataset (legacy metrics only; *_full ignore it)', type=bool, metavar='BOOL')
 @click.option('--gpus', 'num_gpus', help='Number of GPUs (processes) to use', type=click.IntRange(min=1), default=1, show_default=True)
@@ -119,10 +138,13 @@ def _spawned(rank, args, temp_dir):
 @click.option('--vgg16', help='VGG16 detector for precision/recall and PPL: path or URL', metavar='PATH|URL')
 @click.option('--images', help='Folder mode: folder or ZIP of generated images to evaluate instead of --network', metavar='[ZIP|DIR]')
 @click.option('--run-dir', 'run_dir', help='Where to append metric-<name>.jsonl [default: beside --network]', metavar='DIR')
-@click.option('--num-gen', 'num_gen', help='Override the number of generated images (quick looks; results not comparable)', type=click.IntRange(min=2))
+@click.option('--num-gen', 'num_gen', help='Generate N images instead: each metric is computed and written under the '
+              'name of that count (fid50k_full -> fidN_full); quick looks', type=click.IntRange(min=2), metavar='N')
 @click.option('--safe', help='Refuse network pickles (they can run code); accept only the safe export', is_flag=True)
-@click.option('--verbose/--quiet', default=True, help='Progress bars and messages', show_default=True)
-def calc_metrics(network, metrics, data, labels, mirror, num_gpus, detector, vgg16, images, run_dir, num_gen, safe, verbose):
+@click.option('--verbose', type=bool, default=True, is_flag=False, flag_value=True, metavar='BOOL',
+              help='Progress bars and messages [default: true]')
+@click.option('--quiet', is_flag=True, help='The same as --verbose=false')
+def calc_metrics(network, metrics, data, labels, mirror, num_gpus, detector, vgg16, images, run_dir, num_gen, safe, verbose, quiet):
     """Calculate quality metrics (FID, KID, precision/recall, IS, PPL, UTLO shot metrics).
 
     \b
@@ -134,8 +156,11 @@ def calc_metrics(network, metrics, data, labels, mirror, num_gpus, detector, vgg
     Detectors: --detector / --vgg16, else downloaded once into $DNNLIB_CACHE_DIR/downloads
     (default ~/.cache/dnnlib); offline, put the file there or pass its path.
     """
-    args = dnnlib.EasyDict(metrics=parse_metric_list(metrics), num_gpus=num_gpus, network=network,
-                           images=images, verbose=verbose, num_gen=num_gen)
+    names = parse_metric_list(metrics)
+    if num_gen is not None:
+        names = [metric_for_count(m, num_gen) for m in names]
+    args = dnnlib.EasyDict(metrics=names, num_gpus=num_gpus, network=network,
+                           images=images, verbose=verbose and not quiet)
     if network is None and images is None:
         raise click.UsageError('give --network (a trained network) or --images (folder mode)')
     if network is not None and images is not None:
@@ -156,7 +181,7 @@ def calc_metrics(network, metrics, data, labels, mirror, num_gpus, detector, vgg
     if run_dir is None and network is not None and not dnnlib.util.is_url(network):
         run_dir = os.path.dirname(os.path.abspath(network))
     args.run_dir = run_dir
-    if verbose:
+    if args.verbose:
         print(f'Metric dataset: {args.dataset_kwargs.path if args.dataset_kwargs else "(none)"}')
 
     try:

@@ -109,6 +109,31 @@ def test_cli_jsonl_lines_beside_snapshot(env):
         assert recs[1]['results'] == rec['results']  # deterministic
     assert _read_jsonl(run_dir, 'fid8_full')[0]['results']['fid8_full'] > 0
 
+def test_num_gen_writes_under_the_name_of_its_count(env, tmp_path):
+    """--num-gen=8 --metrics=fid50k_full is fid8_full, written as such, never as fid50k_full (item 5)."""
+    snap, _ = env['snaps'][0]
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'd').mkdir()
+    r = _cli('--network', snap, '--metrics', 'fid50k_full,kid50k_full', '--num-gen', 8, '--detector', env['tiny'],
+             '--run-dir', tmp_path / 'run', '--verbose=false')
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(tmp_path / 'run')) == ['metric-fid8_full.jsonl', 'metric-kid8_full.jsonl']
+    assert r.output.count('"metric": "fid8_full"') == 1 and 'fid50k' not in r.output
+    assert 'Metric dataset' not in r.output   # --verbose=false (upstream's BOOL spelling) is quiet
+    direct = _cli('--network', snap, '--metrics', 'fid8_full', '--detector', env['tiny'], '--run-dir', tmp_path / 'd', '--quiet')
+    assert direct.exit_code == 0
+    assert _read_jsonl(tmp_path / 'run', 'fid8_full')[0]['results'] == _read_jsonl(tmp_path / 'd', 'fid8_full')[0]['results']
+
+@pytest.mark.parametrize('name, renamed', [('fid50k_full', 'fid32_full'), ('kid50k', 'kid32'), ('pr50k3_full', 'pr323_full'),
+                                           ('is50k', 'is32'), ('fid_shots', 'fid32_shots'), ('kid5k_shots_few', 'kid32_shots_few')])
+def test_metric_for_count(name, renamed):
+    assert calc_metrics.metric_for_count(name, 32) == renamed
+    assert metric_main.parse_metric(renamed).num_gen == 32
+
+def test_num_gen_with_ppl_is_refused(env):
+    r = _cli('--network', env['snaps'][0][0], '--metrics', 'ppl2_wend', '--num-gen', 8)
+    assert r.exit_code == 2 and '--num-gen does not apply to ppl2_wend' in r.output
+
 def test_folder_mode_matches_direct_computation(env, tmp_path):
     """FID / KID / PR of a folder (and the same images zipped) equal the formulas on directly extracted features."""
     rng = np.random.RandomState(1)
