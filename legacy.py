@@ -327,7 +327,12 @@ def _build(desc):
     cls = _check_whitelisted(desc['class_name'])
     args = _from_json_value(desc.get('init_args', {'__tuple__': []}))
     kwargs = _from_json_value(desc.get('init_kwargs', {}))
-    return cls(*args, **kwargs)
+    try:
+        return cls(*args, **kwargs)
+    except (TypeError, ValueError, AssertionError, KeyError) as e:
+        # Arguments our classes never wrote (a hand edit, corruption, another program's file).
+        raise InvalidSnapshotError(f'not a valid network file: {desc["class_name"]} cannot be built from the '
+                                   f'recorded arguments ({type(e).__name__}: {e})') from None
 
 def _ctor_differs(a, b):
     """True if two persistent modules were built with different constructor arguments."""
@@ -395,11 +400,18 @@ def export_safe(network_dict, out_path):
     out_dir = os.path.dirname(os.path.abspath(st_path))
     os.makedirs(out_dir, exist_ok=True)
     safetensors.torch.save_file(tensors, st_path + '.tmp', metadata={'format': SAFE_FORMAT})
+    _make_readable(st_path + '.tmp') # safetensors writes 0600; an export is shared like the .json beside it
     os.replace(st_path + '.tmp', st_path)
     with open(json_path + '.tmp', 'w') as f:
         json.dump(meta, f, indent=1)
     os.replace(json_path + '.tmp', json_path)
     return st_path, json_path
+
+def _make_readable(path):
+    """Give `path` the mode a file created with open() gets: 0666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 def load_safe(path, verbose=True):
     """Load the safe format (`x.safetensors` + `x.json`, local paths or URLs); executes no pickled code."""
@@ -426,8 +438,11 @@ def load_safe(path, verbose=True):
     for key, desc in meta['networks'].items():
         if key not in NETWORK_KEYS:
             raise InvalidSnapshotError(f'{json_path}: unknown network "{key}"')
-        module = _build(desc)
-        _apply_swaps(module, desc.get('submodules', []))
+        try:
+            module = _build(desc)
+            _apply_swaps(module, desc.get('submodules', []))
+        except InvalidSnapshotError as e:
+            raise InvalidSnapshotError(f'{json_path}: {e}') from None
         prefix = key + '.'
         state = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
         missing, unexpected = module.load_state_dict(state, strict=False)
@@ -446,7 +461,8 @@ def load_safe(path, verbose=True):
 @click.command()
 @click.option('--source', help='Network file to read (pickle, upstream pickle, or safe format; path or URL)', required=True, metavar='PATH')
 @click.option('--dest', help='Output: NAME or NAME.safetensors writes the safe format; NAME.pkl writes a pickle', required=True, metavar='PATH')
-@click.option('--force-fp16', help='Rebuild G and D with fp16 in the 4 highest resolutions', is_flag=True)
+@click.option('--force-fp16', help='Rebuild G and D with fp16 in the 4 highest resolutions [default: false]',
+              type=bool, default=False, is_flag=False, flag_value=True, metavar='BOOL')
 def convert_network(source, dest, force_fp16):
     """Convert a network file into the safe format (or into a pickle of our own classes).
 
@@ -460,7 +476,12 @@ def convert_network(source, dest, force_fp16):
     # calc_metrics.py) needs no plugin code.
     import plugins
     plugins.registry()
-    data = load_network(source, force_fp16=force_fp16)
+    try:
+        data = load_network(source, force_fp16=force_fp16)
+    except FileNotFoundError as e:
+        raise click.UsageError(f'--source: {e}')
+    except (ValueError, IOError) as e:
+        raise click.ClickException(f'cannot convert --source={source}: {e}')
     if dest.endswith('.pkl'):
         data = {key: data[key] for key in NETWORK_KEYS + ('training_set_kwargs',)}
         with open(dest + '.tmp', 'wb') as f:

@@ -369,6 +369,45 @@ def test_cli_export(tmp_path):
 
 #----------------------------------------------------------------------------
 
+def test_safe_file_with_an_unexpected_keyword_is_not_a_valid_network_file(tmp_path):
+    st_path, json_path = legacy.export_safe(_snapshot(), str(tmp_path / 'm'))
+    meta = json.loads(open(json_path).read())
+    meta['networks']['G']['init_kwargs']['hand_edited'] = 1
+    with open(json_path, 'w') as f:
+        json.dump(meta, f)
+    with pytest.raises(legacy.InvalidSnapshotError) as info:
+        legacy.load_network(st_path, verbose=False)
+    msg = str(info.value)
+    assert msg.startswith(f'{json_path}: not a valid network file: training.networks.Generator cannot be built')
+    assert 'hand_edited' in msg
+
+def test_safe_export_is_readable_like_other_files(tmp_path):
+    import os
+    st_path, json_path = legacy.export_safe(_snapshot(), str(tmp_path / 'm'))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(st_path).st_mode & 0o777 == 0o666 & ~umask
+    assert os.stat(st_path).st_mode & 0o777 == os.stat(json_path).st_mode & 0o777
+
+@pytest.mark.parametrize('spelling', [['--force-fp16=true'], ['--force-fp16'], ['--force-fp16', 'True']])
+def test_cli_force_fp16_takes_upstreams_bool(tmp_path, spelling):
+    from click.testing import CliRunner
+    pkl = _write(tmp_path, _snapshot())
+    result = CliRunner().invoke(legacy.convert_network, ['--source', pkl, '--dest', str(tmp_path / 'fp16.pkl'), *spelling])
+    assert result.exit_code == 0, result.output
+    assert legacy.load_network(str(tmp_path / 'fp16.pkl'), verbose=False)['G_ema'].init_kwargs.synthesis_kwargs['num_fp16_res'] == 4
+    result = CliRunner().invoke(legacy.convert_network, ['--source', pkl, '--dest', str(tmp_path / 'fp32.pkl'), '--force-fp16=false'])
+    assert result.exit_code == 0, result.output
+    assert legacy.load_network(str(tmp_path / 'fp32.pkl'), verbose=False)['G_ema'].init_kwargs.synthesis_kwargs.get('num_fp16_res', 0) == 0
+
+def test_cli_refuses_a_tensorflow_pickle_in_one_line(tmp_path):
+    from click.testing import CliRunner
+    tf_pkl = tmp_path / 'stylegan2-cat-config-f.pkl'
+    tf_pkl.write_bytes(b'\x80\x02cdnnlib.tflib.network\nNetwork\nq\x00)\x81q\x01.')  # what a TF pickle refers to
+    result = CliRunner().invoke(legacy.convert_network, ['--source', str(tf_pkl), '--dest', str(tmp_path / 'x.pkl')])
+    assert result.exit_code == 1 and 'TensorFlow network pickle' in result.output and 'Traceback' not in result.output
+    assert result.output.count('Error:') == 1 and not (tmp_path / 'x.pkl').exists()
+
 #----------------------------------------------------------------------------
 # A snapshot written before the provenance rewrite (issue 15).
 
