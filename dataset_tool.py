@@ -27,6 +27,7 @@ SHAPE_CLASSES = ('circle', 'square', 'triangle', 'cross', 'ring', 'stripes')
 DEFAULT_BUILTIN_COUNT = 1000
 DEFAULT_BUILTIN_RESOLUTION = (32, 32)
 MAX_LISTED_SKIPS = 50
+MAX_QUIET_ENLARGEMENT = 2  # images blown up more than this are named in the summary (--skip-enlarged drops them)
 
 # Errors PIL raises for files that are not images, truncated or otherwise undecodable.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError)
@@ -271,6 +272,11 @@ class ShapesSource:
                           width=max(int(period / 2), 1))
 
 
+def _is_lmdb(path):
+    """An LMDB environment: a folder holding data.mdb (LSUN's *_lmdb), or a .mdb / .lmdb file."""
+    return (os.path.isfile(os.path.join(path, 'data.mdb')) or path.rstrip('/').lower().endswith(('_lmdb', '.lmdb', '.mdb')))
+
+
 def open_source(source, subfolder=None, max_images=None, resolution=None, seed=0):
     """Pick the reader for `--source`."""
     if source.startswith(BUILTIN_PREFIX):
@@ -279,6 +285,9 @@ def open_source(source, subfolder=None, max_images=None, resolution=None, seed=0
             raise ToolError(f'--source={source}: unknown built-in dataset; available: builtin:shapes')
         return ShapesSource(DEFAULT_BUILTIN_COUNT if max_images is None else max_images,
                             resolution or DEFAULT_BUILTIN_RESOLUTION, seed)
+    if _is_lmdb(source):
+        raise ToolError(f'--source={source}: LMDB databases (LSUN) are not supported; export the images to a folder '
+                        f'first (e.g. with the LSUN tools) and pass that folder')
     if os.path.isdir(source):
         return folder_source(source, subfolder)
     if not os.path.isfile(source):
@@ -319,25 +328,36 @@ def convert_channels(img, keep_channels):
     return img.convert('RGB')
 
 
+def crop_box(img_size, transform, size):
+    """The part of an image of `img_size` (w, h) that --transform keeps: (left, top, right, bottom)."""
+    w, h = img_size
+    if transform == 'center-crop':
+        cw = ch = min(w, h)
+    elif transform == 'center-crop-wide':  # the W:H aspect of the output
+        aspect = size[0] / size[1]
+        cw, ch = (int(round(h * aspect)), h) if w / h > aspect else (w, int(round(w / aspect)))
+    else:
+        cw, ch = w, h
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return left, top, left + cw, top + ch
+
+def enlargement(img_size, transform, size):
+    """How many times the kept part of an image is blown up to reach the output size (1 = not)."""
+    if size is None:
+        return 1.0
+    left, top, right, bottom = crop_box(img_size, transform, size)
+    return max(size[0] / (right - left), size[1] / (bottom - top), 1.0)
+
 def transform_image(img, transform, size, resample):
     """Apply --transform / --resolution. `size` is (W, H) or None (keep the size)."""
     if transform is None:
         return img if size is None or img.size == tuple(size) else img.resize(size, resample)
     width, height = size
-    w, h = img.size
+    img = img.crop(crop_box(img.size, transform, size))
     if transform == 'center-crop':
-        crop = min(w, h)
-        left, top = (w - crop) // 2, (h - crop) // 2
-        img = img.crop((left, top, left + crop, top + crop))
         return img if img.size == (width, height) else img.resize((width, height), resample)
-    # center-crop-wide: crop to the W:H aspect, resize, then letterbox onto a black square.
-    aspect = width / height
-    if w / h > aspect:
-        cw, ch = int(round(h * aspect)), h
-    else:
-        cw, ch = w, int(round(w / aspect))
-    left, top = (w - cw) // 2, (h - ch) // 2
-    img = img.crop((left, top, left + cw, top + ch)).resize((width, height), resample)
+    # center-crop-wide: resize, then letterbox onto a black square.
+    img = img.resize((width, height), resample)
     side = max(width, height)
     canvas = PIL.Image.new(img.mode, (side, side))
     canvas.paste(img, ((side - width) // 2, (side - height) // 2))
@@ -449,9 +469,11 @@ def select_indices(n, max_images, seed):
 
 
 def convert_dataset(source, dest, max_images=None, seed=0, resolution=None, transform=None, resize_filter='lanczos',
-                    keep_channels=False, strict=False, subfolder=None, progress=True, log=print):
+                    keep_channels=False, strict=False, subfolder=None, progress=True, log=print, skip_enlarged=False):
     """Convert `source` into a dataset at `dest` (a .zip or a folder). Returns a summary dict.
 
+    Images blown up more than MAX_QUIET_ENLARGEMENT times are listed in the summary
+    (`enlarged`), or left out with skip_enlarged=True (then listed with the skipped files).
     Raises ToolError for user errors (nothing is left at `dest` then).
     """
     size = parse_resolution(resolution) if isinstance(resolution, str) else resolution
@@ -463,13 +485,19 @@ def convert_dataset(source, dest, max_images=None, seed=0, resolution=None, tran
     resample = {'box': PIL.Image.BOX, 'lanczos': PIL.Image.LANCZOS}[resize_filter]
 
     writer = _ZipWriter(dest) if dest.lower().endswith('.zip') else _DirWriter(dest)
-    labels, skipped, first = [], list(src.ignored), None
+    labels, skipped, enlarged, first = [], list(src.ignored), [], None
     try:
         bar = _progress(indices, progress)
         for i in bar:
             name, label = src.items[i]
             try:
-                img = transform_image(convert_channels(src.read(i), keep_channels), transform, size, resample)
+                img = src.read(i)
+                factor = enlargement(img.size, transform, size)
+                if factor > MAX_QUIET_ENLARGEMENT:
+                    if skip_enlarged:
+                        raise SkipImage(f'{img.size[0]}x{img.size[1]} would be enlarged {factor:g}x (--skip-enlarged)')
+                    enlarged.append((name, f'{img.size[0]}x{img.size[1]} enlarged {factor:g}x'))
+                img = transform_image(convert_channels(img, keep_channels), transform, size, resample)
             except SkipImage as e:
                 if strict:  # Only files that should be images count; a README next to them is fine.
                     raise ToolError(f'{name}: {e} (--strict stops at the first bad file)') from None
@@ -494,7 +522,7 @@ def convert_dataset(source, dest, max_images=None, seed=0, resolution=None, tran
     summary = dict(dest=dest, num_images=len(labels), width=first[1][0], height=first[1][1],
                    channels=len(first[2]), labels=meta['labels'] is not None,
                    num_classes=len(set(lab for _, lab in labels)) if meta['labels'] else 0, skipped=skipped,
-                   class_names=meta.get('class_names'))
+                   class_names=meta.get('class_names'), enlarged=enlarged)
     _print_summary(summary, labels, log)
     return summary
 
@@ -530,12 +558,20 @@ def _print_summary(s, labels, log):
         f'to {s["dest"]}')
     if not s['labels'] and any(lab is not None for _, lab in labels):
         log('Note: some images had no class label (e.g. files at the top level), so dataset.json has "labels": null')
-    if s['skipped']:
-        log(f'Skipped {len(s["skipped"])} files:')
-        for name, why in s['skipped'][:MAX_LISTED_SKIPS]:
-            log(f'  {name}: {why}')
-        if len(s['skipped']) > MAX_LISTED_SKIPS:
-            log(f'  ... and {len(s["skipped"]) - MAX_LISTED_SKIPS} more')
+    _log_list(f'Skipped {len(s["skipped"])} files:', s['skipped'], log)
+    _log_list(f'Enlarged more than {MAX_QUIET_ENLARGEMENT}x ({len(s["enlarged"])} images; they will look blurred, '
+              f'--skip-enlarged leaves them out):', s['enlarged'], log)
+
+
+def _log_list(title, entries, log):
+    """A heading and one `name: why` line per entry (the first MAX_LISTED_SKIPS)."""
+    if not entries:
+        return
+    log(title)
+    for name, why in entries[:MAX_LISTED_SKIPS]:
+        log(f'  {name}: {why}')
+    if len(entries) > MAX_LISTED_SKIPS:
+        log(f'  ... and {len(entries) - MAX_LISTED_SKIPS} more')
 
 
 # ----------------------------------------------------------------------------
@@ -548,18 +584,26 @@ def _print_summary(s, labels, log):
                    '(optional TAB + integer label), or builtin:shapes (6 procedurally drawn classes, '
                    'no download; count = --max-images [1000], size = --resolution [32x32], seeded by --seed).')
 @click.option('--dest', required=True, metavar='PATH', help='Output .zip (recommended) or folder.')
-@click.option('--max-images', type=click.IntRange(min=1), default=None,
-              help='At most this many images: a random subset chosen with --seed (all by default).')
+@click.option('--max-images', '--max_images', 'max_images', type=click.IntRange(min=1), default=None,
+              help='At most this many images: a random subset chosen with --seed, not the first N as upstream\'s '
+                   'dataset_tool takes (all by default).')
 @click.option('--seed', type=int, default=0, show_default=True, help='Seed for --max-images subsets and builtin:shapes.')
 @click.option('--resolution', metavar='WxH', default=None, help='Output size, e.g. 256x256.')
+@click.option('--width', type=click.IntRange(min=1), default=None, help='Output width (upstream\'s spelling; with --height, '
+              'the same as --resolution=WxH).')
+@click.option('--height', type=click.IntRange(min=1), default=None, help='Output height (with --width).')
 @click.option('--transform', type=click.Choice(['center-crop', 'center-crop-wide']), default=None,
               help='Crop before resizing to --resolution (center-crop-wide letterboxes onto a square).')
 @click.option('--resize-filter', type=click.Choice(['box', 'lanczos']), default='lanczos', show_default=True)
 @click.option('--keep-channels', is_flag=True, help='Keep grayscale / RGBA instead of converting to RGB.')
 @click.option('--strict', is_flag=True, help='Stop at the first corrupt or unreadable file instead of skipping it.')
+@click.option('--skip-enlarged', is_flag=True,
+              help=f'Leave out images that would be enlarged more than {MAX_QUIET_ENLARGEMENT}x to reach --resolution '
+                   f'(without it they are kept and named at the end).')
 @click.option('--subfolder', default=None, metavar='DIR',
               help='Only images under this folder of the source (e.g. train); for CIFAR archives: train [default] or test.')
-def main(source, dest, max_images, seed, resolution, transform, resize_filter, keep_channels, strict, subfolder):
+def main(source, dest, max_images, seed, resolution, width, height, transform, resize_filter, keep_channels, strict,
+         skip_enlarged, subfolder):
     """Convert images into a training dataset (a ZIP of PNGs plus dataset.json).
 
     \b
@@ -570,9 +614,21 @@ def main(source, dest, max_images, seed, resolution, transform, resize_filter, k
       python dataset_tool.py --source=photos/ --dest=data/photos-256.zip --transform=center-crop --resolution=256x256
     """
     convert_dataset(os.path.expanduser(source) if not source.startswith(BUILTIN_PREFIX) else source,
-                    os.path.expanduser(dest), max_images=max_images, seed=seed, resolution=resolution,
+                    os.path.expanduser(dest), max_images=max_images, seed=seed,
+                    resolution=resolution_option(resolution, width, height),
                     transform=transform, resize_filter=resize_filter, keep_channels=keep_channels, strict=strict,
-                    subfolder=subfolder, log=click.echo)
+                    subfolder=subfolder, log=click.echo, skip_enlarged=skip_enlarged)
+
+
+def resolution_option(resolution, width, height):
+    """--resolution=WxH, or upstream's --width=W --height=H (both, and not with --resolution)."""
+    if width is None and height is None:
+        return resolution
+    if width is None or height is None:
+        raise ToolError('--width and --height go together (or use --resolution=WxH)')
+    if resolution is not None:
+        raise ToolError('give either --resolution or --width/--height, not both')
+    return f'{width}x{height}'
 
 
 if __name__ == '__main__':

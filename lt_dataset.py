@@ -217,10 +217,20 @@ def _print_table(split, class_names, num_classes, log):
     log(f'{"":>4} {"":>5} {"total":<16} {sum(split["available"]):>9} {sum(split["kept"]):>7}')
 
 
+def dataset_from_label_path(fn):
+    """UTLO's `--fn datasets/af/dataset.json`: (dataset folder, label file name)."""
+    folder, name = os.path.split(fn)
+    if not folder or not os.path.isfile(fn):
+        raise LTError(f'--source is missing: give --source=DATASET (folder or .zip), or --fn=DATASET/{name or "dataset.json"} '
+                      f'naming an existing label file of a folder dataset')
+    return folder, name
+
+
 @click.command(context_settings=dict(help_option_names=['-h', '--help']))
-@click.option('--source', '--path', 'path', required=True, metavar='PATH', help='Dataset folder or .zip.')
+@click.option('--source', '--path', 'path', metavar='PATH', help='Dataset folder or .zip.')
 @click.option('--fn', '--fname', 'fn', default='dataset.json', show_default=True,
-              help='Label file (inside the dataset) to split.')
+              help='Label file (inside the dataset) to split; UTLO\'s spelling --fn=DATASET/dataset.json (a folder '
+                   'dataset) also names the dataset, then --source can be left out.')
 @click.option('--imf', type=float, default=25, show_default=True, help='Imbalance factor n_head / n_tail.')
 @click.option('--dname', type=click.Choice(sorted(PRESETS)), default=None,
               help='Dataset preset: class order as in UTLO (cifar*/lsun: index-desc, so the last class is the '
@@ -238,6 +248,8 @@ def main(path, fn, imf, dname, order, reverse, seed, shot_labels):
       python lt_dataset.py --source=data/cifar10.zip --dname=cifar10 --imf=100 --shot-labels
       python train.py ... --data=data/cifar10.zip --labels=lt_100.json --cond=1
     """
+    if path is None:
+        path, fn = dataset_from_label_path(fn)
     make_lt_dataset(path, fn=fn, imf=imf, order=order, dname=dname, reverse=reverse, seed=seed,
                     shot_labels=shot_labels, log=click.echo)
 

@@ -283,3 +283,43 @@ def test_cifar10_jpeg_zip_labels(tmp_path):
         for k in (0, 150, 299):  # Pixels match the decoded source file: labels are aligned.
             ref = np.asarray(PIL.Image.open(io.BytesIO(zf.read(picked[k]))).convert('RGB'))
             np.testing.assert_array_equal(images[k], ref)
+
+
+def test_enlarged_images_are_named_or_skipped(tmp_path):
+    """A 1x1 image blown up to 16x16 is named at the end; --skip-enlarged leaves it out (issue 13 item 6)."""
+    rnd = np.random.RandomState(0)
+    save(str(tmp_path / 'src' / 'tiny.png'), rnd.randint(0, 256, [1, 1, 3], dtype=np.uint8))
+    save(str(tmp_path / 'src' / 'half.png'), rnd.randint(0, 256, [8, 8, 3], dtype=np.uint8))   # exactly 2x: quiet
+    save(str(tmp_path / 'src' / 'wide.png'), rnd.randint(0, 256, [4, 32, 3], dtype=np.uint8))  # crop 4x4 -> 4x
+    save(str(tmp_path / 'src' / 'big.png'), rnd.randint(0, 256, [32, 32, 3], dtype=np.uint8))
+    result = run('--source', tmp_path / 'src', '--dest', tmp_path / 'a.zip', '--transform=center-crop', '--width=16', '--height=16')
+    assert result.exit_code == 0, result.output
+    assert len(read_zip(tmp_path / 'a.zip')[1]) == 4
+    tail = result.output[result.output.index('Wrote'):]
+    assert 'Enlarged more than 2x (2 images' in tail
+    assert 'tiny.png: 1x1 enlarged 16x' in tail and 'wide.png: 32x4 enlarged 4x' in tail and 'half.png' not in tail
+    result = run('--source', tmp_path / 'src', '--dest', tmp_path / 'b.zip', '--transform=center-crop', '--resolution=16x16',
+                 '--skip-enlarged')
+    assert result.exit_code == 0, result.output
+    assert len(read_zip(tmp_path / 'b.zip')[1]) == 2
+    assert 'Skipped 2 files' in result.output and 'tiny.png: 1x1 would be enlarged 16x (--skip-enlarged)' in result.output
+    assert 'Enlarged more than' not in result.output
+
+
+def test_upstream_spellings_and_refusals(tmp_path):
+    rnd = np.random.RandomState(0)
+    for i in range(5):
+        save(str(tmp_path / 'src' / f'{i}.png'), rnd.randint(0, 256, [32, 32, 3], dtype=np.uint8))
+    result = run('--source', tmp_path / 'src', '--dest', tmp_path / 'a.zip', '--width=16', '--height=16', '--max_images=3')
+    assert result.exit_code == 0, result.output
+    assert [im.shape for im in read_zip(tmp_path / 'a.zip')[1]] == [(16, 16, 3)] * 3
+    for args, message in [(['--width=16'], '--width and --height go together'),
+                          (['--width=16', '--height=16', '--resolution=16x16'], 'either --resolution or --width/--height')]:
+        result = run('--source', tmp_path / 'src', '--dest', tmp_path / 'x.zip', *args)
+        assert result.exit_code == 1 and message in result.output and not (tmp_path / 'x.zip').exists()
+    (tmp_path / 'cat_lmdb').mkdir()
+    (tmp_path / 'cat_lmdb' / 'data.mdb').write_bytes(b'\0' * 64)
+    for source in [tmp_path / 'cat_lmdb', '~/downloads/lsun/raw/car_lmdb']:
+        result = run('--source', source, '--dest', tmp_path / 'x.zip', '--transform=center-crop', '--resolution=16x16')
+        assert result.exit_code == 1 and 'LMDB databases (LSUN) are not supported' in result.output
+    assert 'not the first N' in run('--help').output

@@ -116,3 +116,15 @@ def test_reverse_count_desc_and_errors(tmp_path):
     assert res.exit_code != 0 and 'no nope.json' in res.output
     res = CliRunner().invoke(lt_dataset.main, ['--path', str(tmp_path / 'missing')])
     assert res.exit_code != 0 and 'does not exist' in res.output
+
+
+def test_utlo_spelling_fn_names_the_dataset(tmp_path):
+    """UTLO's README: `lt_dataset.py --fn datasets/af/dataset.json --imf 25 --shot-labels` (no --source)."""
+    path = make_dataset(tmp_path / 'af', [20] * 10, as_zip=False)
+    res = CliRunner().invoke(lt_dataset.main, ['--fn', os.path.join(path, 'dataset.json'), '--imf', '10', '--shot-labels'])
+    assert res.exit_code == 0, res.output
+    assert {'lt_10.json', 'lt_10_full.json'} <= set(os.listdir(path))
+    res = CliRunner().invoke(lt_dataset.main, ['--imf', '10'])
+    assert res.exit_code == 1 and '--source is missing' in res.output
+    res = CliRunner().invoke(lt_dataset.main, ['--fn', str(tmp_path / 'nowhere' / 'dataset.json')])
+    assert res.exit_code == 1 and '--source is missing' in res.output
