@@ -127,17 +127,17 @@ def _spawned(rank, args, temp_dir):
     run_metrics(rank, args, temp_dir)
 
 @click.command()
-@click.option('--network', 'network', help='Network file: our snapshot, a stylegan2-ada-pytorch pickle, or the safe export', metavar='PATH|URL')
+@click.option('--network', 'network', callback=dnnlib.util.expand_user, help='Network file: our snapshot, a stylegan2-ada-pytorch pickle, or the safe export', metavar='PATH|URL')
 @click.option('--metrics', 'metrics', help='Comma-separated list of metrics', default='fid50k_full', show_default=True)
-@click.option('--data', '--metricdata', 'data', help='Dataset to compare against [default: the snapshot\'s training set]; '
+@click.option('--data', '--metricdata', 'data', callback=dnnlib.util.expand_user, help='Dataset to compare against [default: the snapshot\'s training set]; '
               '--metricdata is APA\'s spelling', metavar='[ZIP|DIR]')
 @click.option('--labels', help='Label file inside the dataset selecting its images (e.g. dataset.json for the full set)', metavar='FILE.json')
 @click.option('--mirror', help='Use x-flips of the dataset (legacy metrics only; *_full ignore it)', type=bool, metavar='BOOL')
 @click.option('--gpus', 'num_gpus', help='Number of GPUs (processes) to use', type=click.IntRange(min=1), default=1, show_default=True)
-@click.option('--detector', help='Inception detector: path or URL (pytorch-fid .pth, NVIDIA TorchScript, any TorchScript extractor)', metavar='PATH|URL')
-@click.option('--vgg16', help='VGG16 detector for precision/recall and PPL: path or URL', metavar='PATH|URL')
-@click.option('--images', help='Folder mode: folder or ZIP of generated images to evaluate instead of --network', metavar='[ZIP|DIR]')
-@click.option('--run-dir', 'run_dir', help='Where to append metric-<name>.jsonl [default: beside --network]', metavar='DIR')
+@click.option('--detector', callback=dnnlib.util.expand_user, help='Inception detector: path or URL (pytorch-fid .pth, NVIDIA TorchScript, any TorchScript extractor)', metavar='PATH|URL')
+@click.option('--vgg16', callback=dnnlib.util.expand_user, help='VGG16 detector for precision/recall and PPL: path or URL', metavar='PATH|URL')
+@click.option('--images', callback=dnnlib.util.expand_user, help='Folder mode: folder or ZIP of generated images to evaluate instead of --network', metavar='[ZIP|DIR]')
+@click.option('--run-dir', 'run_dir', callback=dnnlib.util.expand_user, help='Where to append metric-<name>.jsonl [default: beside --network]', metavar='DIR')
 @click.option('--num-gen', 'num_gen', help='Generate N images instead: each metric is computed and written under the '
               'name of that count (fid50k_full -> fidN_full); quick looks', type=click.IntRange(min=2), metavar='N')
 @click.option('--safe', help='Refuse network pickles (they can run code); accept only the safe export', is_flag=True)

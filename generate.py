@@ -15,6 +15,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+import dnnlib
+
 #----------------------------------------------------------------------------
 
 def parse_seeds(value):
@@ -138,12 +140,12 @@ def render_projected_w(G, ws, noise_mode, outdir, device):
 #----------------------------------------------------------------------------
 
 @click.command()
-@click.option('--network', 'network', help='Network file (snapshot, stylegan2-ada-pytorch pickle, safe export)', required=True, metavar='PATH|URL')
+@click.option('--network', 'network', callback=dnnlib.util.expand_user, help='Network file (snapshot, stylegan2-ada-pytorch pickle, safe export)', required=True, metavar='PATH|URL')
 @click.option('--seeds', help='Seeds, e.g. 0-63,100', default='0-7', show_default=True)
 @click.option('--trunc', 'truncation_psi', help='Truncation psi', type=float, default=1, show_default=True)
 @click.option('--class', 'class_idx', help='Class index (required for conditional networks)', type=int)
 @click.option('--noise-mode', help='Noise mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
-@click.option('--outdir', help='Where to save the output', type=str, required=True, metavar='DIR')
+@click.option('--outdir', callback=dnnlib.util.expand_user, help='Where to save the output', type=str, required=True, metavar='DIR')
 @click.option('--grid', help='Also write grid.png with all seeds', is_flag=True)
 @click.option('--video', help='Write interp.mp4, an interpolation video through the seeds (needs imageio-ffmpeg)', is_flag=True)
 @click.option('--frames', help='Video frames per transition between two seeds', type=click.IntRange(min=1), default=60, show_default=True)

@@ -459,8 +459,8 @@ def load_safe(path, verbose=True):
 # Command line.
 
 @click.command()
-@click.option('--source', help='Network file to read (pickle, upstream pickle, or safe format; path or URL)', required=True, metavar='PATH')
-@click.option('--dest', help='Output: NAME or NAME.safetensors writes the safe format; NAME.pkl writes a pickle', required=True, metavar='PATH')
+@click.option('--source', callback=dnnlib.util.expand_user, help='Network file to read (pickle, upstream pickle, or safe format; path or URL)', required=True, metavar='PATH')
+@click.option('--dest', callback=dnnlib.util.expand_user, help='Output: NAME or NAME.safetensors writes the safe format; NAME.pkl writes a pickle', required=True, metavar='PATH')
 @click.option('--force-fp16', help='Rebuild G and D with fp16 in the 4 highest resolutions [default: false]',
               type=bool, default=False, is_flag=False, flag_value=True, metavar='BOOL')
 def convert_network(source, dest, force_fp16):

@@ -20,6 +20,8 @@ import zipfile
 import click
 import numpy as np
 
+import dnnlib
+
 from training.dataset import shot_groups, shot_label_file, SHOT_GROUP_NAMES
 
 ORDERS = ('index-desc', 'count-desc', 'index-asc')
@@ -227,8 +229,8 @@ def dataset_from_label_path(fn):
 
 
 @click.command(context_settings=dict(help_option_names=['-h', '--help']))
-@click.option('--source', '--path', 'path', metavar='PATH', help='Dataset folder or .zip.')
-@click.option('--fn', '--fname', 'fn', default='dataset.json', show_default=True,
+@click.option('--source', '--path', 'path', callback=dnnlib.util.expand_user, metavar='PATH', help='Dataset folder or .zip.')
+@click.option('--fn', '--fname', 'fn', callback=dnnlib.util.expand_user, default='dataset.json', show_default=True,
               help='Label file (inside the dataset) to split; UTLO\'s spelling --fn=DATASET/dataset.json (a folder '
                    'dataset) also names the dataset, then --source can be left out.')
 @click.option('--imf', type=float, default=25, show_default=True, help='Imbalance factor n_head / n_tail.')

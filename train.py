@@ -564,8 +564,8 @@ def main(**kw):
 
 def build_cli():
     params = [
-        click.Option(['--outdir'], help='Where to save the results', required=True, metavar='DIR'),
-        click.Option(['--data'], help='Training data (directory or zip)', metavar='PATH'),
+        click.Option(['--outdir'], callback=dnnlib.util.expand_user, help='Where to save the results', required=True, metavar='DIR'),
+        click.Option(['--data'], callback=dnnlib.util.expand_user, help='Training data (directory or zip)', metavar='PATH'),
         click.Option(['--gpus'], help='Number of GPUs (processes) to use [default: 1]', type=int, default=1, metavar='INT'),
         click.Option(['--batch'], help='Override batch size', type=int, metavar='INT'),
         click.Option(['--batch-gpu', 'batch_gpu'], help='Images per GPU per accumulation round, or "all" (one round) '
@@ -587,10 +587,10 @@ def build_cli():
         click.Option(['--tick'], help='Ticks every KIMG kimg [default: 4, tiny: 0.1]', type=float, metavar='KIMG'),
         click.Option(['--snapshot-keep', 'snapshot_keep'], help='Keep only the newest K network snapshots', type=int, metavar='K'),
         click.Option(['--metrics'], help='Comma-separated metrics or "none" [default: fid50k_full]', default='fid50k_full'),
-        click.Option(['--metricdata'], help='Dataset the metrics compare against [default: --data]', metavar='PATH'),
+        click.Option(['--metricdata'], callback=dnnlib.util.expand_user, help='Dataset the metrics compare against [default: --data]', metavar='PATH'),
         click.Option(['--metric-labels', 'metric_labels'], help='Label file of the metric dataset, e.g. lt_100_full.json '
                      '(the balanced set with a long-tail run\'s class indices) [default: --labels]', metavar='FILE'),
-        click.Option(['--detector'], help='Feature detector path or URL for the metrics', metavar='PATH|URL'),
+        click.Option(['--detector'], callback=dnnlib.util.expand_user, help='Feature detector path or URL for the metrics', metavar='PATH|URL'),
         click.Option(['--seed'], help='Random seed [default: 0]', type=int, default=0, metavar='INT'),
         click.Option(['--dry-run', '-n', 'dry_run'], help='Check everything, print training options and exit', is_flag=True),
         click.Option(['--cond'], help='Train conditional model based on dataset labels [default: false]', type=bool, default=False, metavar='BOOL'),
@@ -604,7 +604,7 @@ def build_cli():
         click.Option(['--p'], help='Augmentation probability for --aug=fixed', type=float),
         click.Option(['--target'], help='ADA / APA target value [default: 0.6]', type=float),
         click.Option(['--augpipe'], help='Augmentation pipeline [default: bgc]', metavar='NAME'),
-        click.Option(['--resume'], help='Resume from snapshot .pkl, run dir, "latest" or a known network [default: noresume]', metavar='PKL'),
+        click.Option(['--resume'], callback=dnnlib.util.expand_user, help='Resume from snapshot .pkl, run dir, "latest" or a known network [default: noresume]', metavar='PKL'),
         click.Option(['--freezed'], help='Freeze-D: freeze the first N D layers [default: 0]', type=int, default=0, metavar='INT'),
         click.Option(['--fp32'], help='Disable mixed-precision training', type=bool, default=False, metavar='BOOL'),
         click.Option(['--nhwc'], help='Use NHWC memory format with FP16', type=bool, default=False, metavar='BOOL'),

@@ -262,6 +262,13 @@ def is_url(obj: Any, allow_file_urls: bool = False) -> bool:
         return False
     return res.scheme in ('http', 'https')
 
+def expand_user(ctx: Any, param: Any, value: Any) -> Any:
+    """click callback for path options: '~/x' -> '$HOME/x'. A shell expands '~' only at the start
+    of a word, so in `--data=~/x.zip` (as upstream's README writes it) the program must."""
+    if isinstance(value, str) and value.startswith('~'):
+        return os.path.expanduser(value)
+    return value
+
 def _file_url_to_path(url: str) -> str:
     """'file:///abs/path' -> '/abs/path' (percent-decoded; Windows drive letters handled)."""
     parsed = urllib.parse.urlparse(url)
