@@ -5,14 +5,12 @@ The public names follow stylegan2-ada-pytorch's `dnnlib.util`, so configuration 
 (`class_name='training.dataset.ImageFolderDataset'`) and old scripts keep working.
 """
 
-import fnmatch
+import functools
 import hashlib
 import importlib
-import inspect
 import io
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -24,100 +22,79 @@ from typing import Any, List, Tuple, Union
 # Attribute dictionary.
 
 class EasyDict(dict):
-    """A dict whose items can also be read and written as attributes (`d.key`)."""
+    """A dict whose items are also attributes: `d.key` reads, sets and deletes `d['key']`."""
 
     def __getattr__(self, name: str) -> Any:
-        try:
+        if name in self:
             return self[name]
-        except KeyError:
-            raise AttributeError(name)
+        raise AttributeError(name)   # what getattr(d, name, default) and copy/pickle expect
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
+    __setattr__ = dict.__setitem__
 
     def __delattr__(self, name: str) -> None:
-        try:
-            del self[name]
-        except KeyError:
+        if name not in self:
             raise AttributeError(name)
+        del self[name]
 
 #----------------------------------------------------------------------------
 # Logging stdout/stderr to a file.
 
-class Logger(object):
-    """Tee everything written to stdout (and stderr) into a log file as well.
+class Logger:
+    """Copy everything printed to stdout and stderr into a log file; the console still shows it.
 
-    Used as a context manager or kept alive for the whole run (train.py); `close()`
-    restores the original streams.
+    train.py keeps one for the whole run; it also works as a context manager. `close()` puts
+    the original streams back (both end up on the original stdout meanwhile).
     """
 
     def __init__(self, file_name: str = None, file_mode: str = 'w', should_flush: bool = True):
-        self.file = None
-        if file_name is not None:
-            self.file = open(file_name, file_mode)
+        self.file = None if file_name is None else open(file_name, file_mode)
         self.should_flush = should_flush
-        self.stdout = sys.stdout
-        self.stderr = sys.stderr
-        sys.stdout = self
-        sys.stderr = self
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = self
 
     def __enter__(self) -> 'Logger':
         return self
 
-    def __exit__(self, exc_type, exc_value, traceback) -> None:
+    def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def _sinks(self) -> list:
+        return [sink for sink in (self.file, self.stdout) if sink is not None]
+
     def write(self, text: Union[str, bytes]) -> None:
-        if isinstance(text, bytes):
-            text = text.decode()
-        if not text:
-            return
-        if self.file is not None:
-            self.file.write(text)
-        self.stdout.write(text)
-        if self.should_flush:
-            self.flush()
+        text = text.decode() if isinstance(text, bytes) else text
+        for sink in self._sinks() if text else []:
+            sink.write(text)
+            if self.should_flush:   # the log stays complete if the run is killed
+                sink.flush()
 
     def flush(self) -> None:
-        if self.file is not None:
-            self.file.flush()
-        self.stdout.flush()
+        for sink in self._sinks():
+            sink.flush()
 
     def isatty(self) -> bool:
         return False
 
     def close(self) -> None:
         self.flush()
-        # If the streams were replaced by someone else meanwhile, leave them alone.
-        if sys.stdout is self:
-            sys.stdout = self.stdout
-        if sys.stderr is self:
-            sys.stderr = self.stderr
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        for stream in ('stdout', 'stderr'):
+            if getattr(sys, stream) is self:   # a stream replaced by someone else stays theirs
+                setattr(sys, stream, getattr(self, stream))
+        log_file, self.file = self.file, None
+        if log_file is not None:
+            log_file.close()
 
 #----------------------------------------------------------------------------
 # Cache directory.
 
-_dnnlib_cache_dir = None
-
-def set_cache_dir(path: str) -> None:
-    """Override the cache directory for this process (takes precedence over the environment)."""
-    global _dnnlib_cache_dir
-    _dnnlib_cache_dir = path
-
 def make_cache_dir_path(*paths: str) -> str:
-    """Path inside the download cache: `$DNNLIB_CACHE_DIR`, else `~/.cache/dnnlib`."""
-    if _dnnlib_cache_dir is not None:
-        return os.path.join(_dnnlib_cache_dir, *paths)
-    if 'DNNLIB_CACHE_DIR' in os.environ:
-        return os.path.join(os.environ['DNNLIB_CACHE_DIR'], *paths)
-    if 'HOME' in os.environ:
-        return os.path.join(os.environ['HOME'], '.cache', 'dnnlib', *paths)
-    if 'USERPROFILE' in os.environ:
-        return os.path.join(os.environ['USERPROFILE'], '.cache', 'dnnlib', *paths)
-    return os.path.join(tempfile.gettempdir(), '.cache', 'dnnlib', *paths)
+    """A path in the cache directory: $DNNLIB_CACHE_DIR, else ~/.cache/dnnlib (in the temp
+    directory when there is no home)."""
+    root = os.environ.get('DNNLIB_CACHE_DIR')
+    if root is None:
+        home = os.environ.get('HOME') or os.environ.get('USERPROFILE') or tempfile.gettempdir()
+        root = os.path.join(home, '.cache', 'dnnlib')
+    return os.path.join(root, *paths)
 
 #----------------------------------------------------------------------------
 # Small helpers.
@@ -133,117 +110,63 @@ def format_time(seconds: Union[int, float]) -> str:
         return f'{s // (60 * 60)}h {(s // 60) % 60:02d}m {s % 60:02d}s'
     return f'{s // (24 * 60 * 60)}d {(s // (60 * 60)) % 24:02d}h {(s // 60) % 60:02d}m'
 
-def format_time_brief(seconds: Union[int, float]) -> str:
-    """Like format_time, but only the two largest units: '3m 05s', '2h 03m', '1d 02h'."""
-    return ' '.join(format_time(seconds).split(' ')[:2])
-
 #----------------------------------------------------------------------------
 # Objects by dotted name ('training.networks.Generator').
 
+def _is_missing_module(error: ModuleNotFoundError, module_name: str) -> bool:
+    """True if importing module_name failed because it (or a parent package) does not exist,
+    rather than because of an error inside it."""
+    return error.name is not None and (module_name + '.').startswith(error.name + '.')
+
 def get_module_from_obj_name(obj_name: str) -> Tuple[types.ModuleType, str]:
-    """Split 'pkg.mod.attr.sub' into (imported module, 'attr.sub'), trying the longest module first."""
+    """Split 'pkg.mod.attr.sub' into (imported module, 'attr.sub'), the longest module first.
+
+    When no split resolves, the error is the first real one: a module that exists but failed
+    to import, else the attribute missing from the longest module found.
+    """
     parts = obj_name.split('.')
-    name_pairs = [('.'.join(parts[:i]), '.'.join(parts[i:])) for i in range(len(parts), 0, -1)]
-
-    # Try each split, longest module name first.
-    for module_name, local_obj_name in name_pairs:
+    broken_import = missing_attr = None
+    for cut in range(len(parts), 0, -1):
+        module_name, attr_path = '.'.join(parts[:cut]), '.'.join(parts[cut:])
         try:
             module = importlib.import_module(module_name)
-            get_obj_from_module(module, local_obj_name)
-            return module, local_obj_name
-        except Exception:
-            pass
-
-    # Nothing worked: re-raise the error of the first import that failed for a reason
-    # other than "this module does not exist", so the user sees the real cause.
-    for module_name, _local_obj_name in name_pairs:
-        try:
-            importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + '.')):
-                continue
-            raise
-    for module_name, local_obj_name in name_pairs:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
+        except Exception as e: # pylint: disable=broad-except
+            if not (isinstance(e, ModuleNotFoundError) and _is_missing_module(e, module_name)):
+                broken_import = broken_import or e
             continue
         try:
-            get_obj_from_module(module, local_obj_name)
+            get_obj_from_module(module, attr_path)
         except AttributeError as e:
-            raise AttributeError(f'Cannot find "{obj_name}": module "{module_name}" has no attribute "{local_obj_name}"') from e
+            missing_attr = missing_attr or (module_name, attr_path, e)
+            continue
+        return module, attr_path
+    if broken_import is not None:
+        raise broken_import
+    if missing_attr is not None:
+        module_name, attr_path, cause = missing_attr
+        raise AttributeError(f'Cannot find "{obj_name}": module "{module_name}" has no attribute "{attr_path}"') from cause
     raise ImportError(f'Cannot find "{obj_name}": no importable module along that dotted path')
 
 def get_obj_from_module(module: types.ModuleType, obj_name: str) -> Any:
-    """Traverse 'a.b.c' attributes starting from a module."""
-    if obj_name == '':
-        return module
-    obj = module
-    for part in obj_name.split('.'):
-        obj = getattr(obj, part)
-    return obj
+    """module.a.b.c for obj_name 'a.b.c' (the module itself for '')."""
+    return functools.reduce(getattr, obj_name.split('.'), module) if obj_name else module
 
 def get_obj_by_name(name: str) -> Any:
     """The Python object with the given dotted name ('training.networks.Generator')."""
-    module, obj_name = get_module_from_obj_name(name)
-    return get_obj_from_module(module, obj_name)
+    return get_obj_from_module(*get_module_from_obj_name(name))
 
 def call_func_by_name(*args, func_name: str = None, **kwargs) -> Any:
-    """Find a callable by dotted name and call it with the given arguments."""
-    assert func_name is not None
-    func_obj = get_obj_by_name(func_name)
-    if not callable(func_obj):
+    """Look a callable up by dotted name and call it with the remaining arguments."""
+    if func_name is None:
+        raise TypeError('call_func_by_name: func_name is required')
+    func = get_obj_by_name(func_name)
+    if not callable(func):
         raise TypeError(f'"{func_name}" is not callable')
-    return func_obj(*args, **kwargs)
+    return func(*args, **kwargs)
 
 def construct_class_by_name(*args, class_name: str = None, **kwargs) -> Any:
-    """Find a class by dotted name and construct it with the given arguments."""
+    """Look a class up by dotted name and construct it with the remaining arguments."""
     return call_func_by_name(*args, func_name=class_name, **kwargs)
-
-def get_module_dir_by_obj_name(obj_name: str) -> str:
-    """Directory of the module that defines the named object."""
-    module, _ = get_module_from_obj_name(obj_name)
-    return os.path.dirname(inspect.getfile(module))
-
-def is_top_level_function(obj: Any) -> bool:
-    """True if obj is a function defined at module level (so it can be found by name)."""
-    return callable(obj) and obj.__name__ in sys.modules[obj.__module__].__dict__
-
-def get_top_level_function_name(obj: Any) -> str:
-    """Dotted name of a top-level function, e.g. 'training.loss.foo'."""
-    assert is_top_level_function(obj)
-    module = obj.__module__
-    if module == '__main__':
-        module = os.path.splitext(os.path.basename(sys.modules[module].__file__))[0]
-    return module + '.' + obj.__name__
-
-#----------------------------------------------------------------------------
-# File system helpers.
-
-def list_dir_recursively_with_ignore(dir_path: str, ignores: List[str] = None, add_base_to_relative: bool = False) -> List[Tuple[str, str]]:
-    """All files under dir_path as (absolute path, relative path), skipping names that match
-    any fnmatch pattern in `ignores` (a matching directory is skipped whole)."""
-    if not os.path.isdir(dir_path):
-        raise NotADirectoryError(f'Not a directory: "{dir_path}"')
-    ignores = list(ignores or [])
-    skip = lambda name: any(fnmatch.fnmatch(name, pattern) for pattern in ignores)
-    prefix = os.path.basename(os.path.normpath(dir_path)) if add_base_to_relative else ''
-    result = []
-    for root, dirs, files in os.walk(dir_path, topdown=True):
-        dirs[:] = [d for d in dirs if not skip(d)] # pruning in place stops os.walk descending
-        for f in sorted(files):
-            if not skip(f):
-                path = os.path.join(root, f)
-                result.append((path, os.path.join(prefix, os.path.relpath(path, dir_path))))
-    return result
-
-def copy_files_and_create_dirs(files: List[Tuple[str, str]]) -> None:
-    """Copy (src, dst) pairs, creating destination directories as needed."""
-    for src, dst in files:
-        target_dir = os.path.dirname(dst)
-        if target_dir:
-            os.makedirs(target_dir, exist_ok=True)
-        shutil.copyfile(src, dst)
 
 #----------------------------------------------------------------------------
 # URLs and downloads.

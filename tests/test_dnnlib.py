@@ -1,7 +1,9 @@
 """dnnlib.util: open_url (local HTTP server, cache, sha256, offline), dotted-name lookup, helpers."""
 
+import copy
 import hashlib
 import os
+import pickle
 import socket
 import sys
 import time
@@ -167,6 +169,13 @@ def test_easydict():
     assert 'a' not in d
     with pytest.raises(AttributeError):
         _ = d.missing
+    with pytest.raises(AttributeError):
+        del d.missing
+    assert getattr(d, 'missing', 7) == 7 and vars(d) == {}   # attributes live in the dict only
+    nested = dnnlib.EasyDict(x=dnnlib.EasyDict(y=[1]))
+    for twin in (copy.deepcopy(nested), pickle.loads(pickle.dumps(nested))):
+        assert type(twin) is dnnlib.EasyDict and type(twin.x) is dnnlib.EasyDict and twin == nested
+        assert twin.x.y is not nested.x.y
 
 def test_construct_class_by_name():
     obj = util.construct_class_by_name(class_name='dnnlib.util.EasyDict', x=3)
@@ -180,35 +189,34 @@ def test_construct_class_by_name():
     with pytest.raises(ImportError):
         util.get_obj_by_name('no_such_package_xyz.Thing')
 
+def test_name_lookup_reports_the_real_import_error(tmp_path, monkeypatch):
+    # A module that exists but fails to import: its own error, not "cannot find".
+    (tmp_path / 'broken_mod_for_lookup.py').write_text('import no_such_dependency_xyz\nclass Thing: pass\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match='no_such_dependency_xyz'):
+        util.construct_class_by_name(class_name='broken_mod_for_lookup.Thing')
+    with pytest.raises(TypeError, match='not callable'):
+        util.call_func_by_name(func_name='math.pi')
+
 def test_format_time():
     assert util.format_time(0) == '0s'
     assert util.format_time(59.4) == '59s'
     assert util.format_time(125) == '2m 05s'
     assert util.format_time(3 * 3600 + 4 * 60 + 5) == '3h 04m 05s'
     assert util.format_time(2 * 86400 + 3 * 3600 + 4 * 60) == '2d 03h 04m'
-    assert util.format_time_brief(42) == '42s' and util.format_time_brief(125) == '2m 05s'
-    assert util.format_time_brief(3 * 3600 + 4 * 60 + 5) == '3h 04m' and util.format_time_brief(2 * 86400 + 3 * 3600) == '2d 03h'
 
 def test_logger_tees_stdout(tmp_path):
     log = tmp_path / 'log.txt'
     old_stdout = sys.stdout
+    old_stderr = sys.stderr
     with util.Logger(str(log)):
         print('to both')
-    assert sys.stdout is old_stdout
-    assert log.read_text() == 'to both\n'
-
-def test_list_and_copy_files(tmp_path):
-    src = tmp_path / 'src'
-    (src / 'sub').mkdir(parents=True)
-    (src / 'a.py').write_text('a')
-    (src / 'b.pyc').write_text('b')
-    (src / 'sub' / 'c.py').write_text('c')
-    (src / '__pycache__').mkdir()
-    (src / '__pycache__' / 'd.py').write_text('d')
-    files = util.list_dir_recursively_with_ignore(str(src), ignores=['*.pyc', '__pycache__'])
-    rel = sorted(r for _, r in files)
-    assert rel == ['a.py', os.path.join('sub', 'c.py')]
-    util.copy_files_and_create_dirs([(a, str(tmp_path / 'dst' / r)) for a, r in files])
-    assert (tmp_path / 'dst' / 'sub' / 'c.py').read_text() == 'c'
+        print('an error', file=sys.stderr)
+        sys.stdout.write(b'bytes too\n')
+        assert log.read_text() == 'to both\nan error\nbytes too\n'   # flushed as written
+    assert sys.stdout is old_stdout and sys.stderr is old_stderr
+    with util.Logger(str(log), file_mode='a'):
+        print('appended')
+    assert log.read_text().endswith('bytes too\nappended\n')
 
 #----------------------------------------------------------------------------
