@@ -123,7 +123,16 @@ OURS_FOLDER_METRICS = Cmd(OURS, 'python calc_metrics.py --images=generated/ --da
 OURS_UTLO = Cmd(OURS, 'python train.py --outdir=runs --data=data/c10.zip --labels=lt_100.json --cond=1 --method=utlo --res-uc=8 --alpha=1 --mirror=1 --metric-labels=lt_100_full.json --metrics=fid_shots,kid_shots,fid10k_full',
                 'python train.py --outdir=runs --data=datasets/af --labels=lt_25.json --cond=1 --method=utlo --res-uc=8 --alpha=1 --mirror=1 --metric-labels=lt_25_full.json --metrics=fid_shots,kid_shots,fid10k_full -n')
 
-ALL_CMDS = [GEN_METFACES_1, GEN_METFACES_2, GEN_CIFAR, LEGACY_TF, *DATASET_CMDS, *LMDB_CMDS, TRAIN_DRY, TRAIN, TRAIN_RESUME,
+OURS_RECIPES = [   # dry runs on the CIFAR-like set (200 images): --subset 5000 -> 100, paths adapted
+    Cmd(OURS, 'python train.py --outdir=runs --data=data/c10.zip --subset=5000 --cfg=cifar --cond=1 --aug=ada --diffaug-policy=color,translation,cutout --metricdata=data/c10.zip --metrics=fid10k_full',
+        'python train.py --outdir=runs --data=~/datasets/cifar10.zip --subset=100 --cfg=cifar --cond=1 --aug=ada --diffaug-policy=color,translation,cutout --metricdata=~/datasets/cifar10.zip --metrics=fid10k_full -n'),
+    Cmd(OURS, 'python train.py --outdir=runs --data=data/c10.zip --subset=5000 --cfg=cifar --aug=apa --with-dataaug=1 --method=regan --regan-sparsity=0.3 --regan-g=5000 --regan-warmup=10000',
+        'python train.py --outdir=runs --data=~/datasets/cifar10.zip --subset=100 --cfg=cifar --aug=apa --with-dataaug=1 --method=regan --regan-sparsity=0.3 --regan-g=5000 --regan-warmup=10000 -n'),
+    Cmd(OURS, 'python train.py --outdir=runs --data=data/c10.zip --subset=5000 --cfg=cifar --aug=diffaug --method=lottery --imp-rounds=3 --imp-kimg=200 --advaug-gamma=0.01',
+        'python train.py --outdir=runs --data=~/datasets/cifar10.zip --subset=100 --cfg=cifar --aug=diffaug --method=lottery --imp-rounds=3 --imp-kimg=200 --advaug-gamma=0.01 -n'),
+]
+
+ALL_CMDS = [*OURS_RECIPES, GEN_METFACES_1, GEN_METFACES_2, GEN_CIFAR, LEGACY_TF, *DATASET_CMDS, *LMDB_CMDS, TRAIN_DRY, TRAIN, TRAIN_RESUME,
             METRICS_PR, METRICS_FID_URL, *APA_GEN, APA_DATASET, APA_TRAIN, APA_METRICS, UTLO_DATASET, UTLO_LT, UTLO_TRAIN,
             OURS_FOLDER_METRICS, OURS_UTLO]
 
@@ -290,6 +299,7 @@ def test_upstream_training_downloads_its_detector_and_resumes(world, trained):
     fid = _jsonl(run_dir, 'fid64_full')[-1]['results']['fid64_full']
     assert np.isfinite(fid) and fid > 0
     assert os.path.basename(world.snapshot) == 'network-snapshot-000000.pkl'
+    assert 'DataLoader will create' not in out   # --workers defaults below the core count (item 7)
     with open(world.snapshot, 'rb') as f:
         first = pickle.load(f)['resume_state']['cur_nimg']
     # --resume=~/training-runs/<NAME>/network-snapshot-<INT>.pkl: a full resume continues the counters.
@@ -377,3 +387,9 @@ def test_our_folder_metrics(world, datasets):
     out = world.ok(OURS_FOLDER_METRICS)
     line = json.loads(next(l for l in out.splitlines() if l.startswith('{"results"')))
     assert line['metric'] == 'fid10k_full' and line['results']['fid10k_full'] > 0
+
+def test_our_readme_recipes(world, datasets):
+    """Our README's recipes on CIFAR-like data, as dry runs: every check, nothing written."""
+    names = [_training_options(world.ok(cmd))['plugin_names'] for cmd in OURS_RECIPES]
+    assert names == [['ada', 'diffaug'], ['apa', 'regan'], ['diffaug', 'lottery']]
+    assert not os.path.exists(world.path('runs'))
