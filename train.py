@@ -481,6 +481,17 @@ def configure_performance(kw, c):
     c.cudnn_benchmark = not kw.nobench
     c.allow_tf32 = bool(kw.allow_tf32)
 
+def configure_logging(kw, c):
+    """--desc (checked as part of a directory name) and --wandb (checked importable)."""
+    if kw.desc and not re.fullmatch(r'[A-Za-z0-9._+=-]+', kw.desc):
+        raise click.UsageError(f'--desc={kw.desc!r}: use letters, digits and . _ + = - only (it becomes part of the run directory name)')
+    c.wandb_project = kw.wandb
+    if kw.wandb:
+        try:
+            import wandb  # noqa: F401 -- fail here, not after the run directory exists
+        except ImportError as err:
+            raise click.UsageError(f'--wandb needs the wandb package ({err}): pip install wandb')
+
 def run_description(kw, dataset_name, active, opts):
     """The `desc` part of the run directory name, e.g. 'cifar10-cond-mirror-cifar-ada-regan-s0.3'."""
     desc = f'{dataset_name}'
@@ -509,6 +520,8 @@ def run_description(kw, dataset_name, active, opts):
         desc += '-resume' + (kw.resume if kw.resume in RESUME_SPECS or kw.resume == 'latest' else 'custom')
     if kw.freezed:
         desc += f'-freezed{kw.freezed}'
+    if kw.desc:
+        desc += f'-{kw.desc}'
     return desc
 
 def main(**kw):
@@ -543,6 +556,7 @@ def main(**kw):
     configure_speed(kw, c)
     c.freezed = kw.freezed
     c.snapshot_keep = kw.snapshot_keep
+    configure_logging(kw, c)
     c.run_dir = next_run_dir(kw.outdir, run_description(kw, dataset_name, active, opts))
 
     say = print if not under_torchrun() or int(os.environ['RANK']) == 0 else (lambda *args: None)
@@ -612,6 +626,9 @@ def build_cli():
         click.Option(['--allow-tf32', 'allow_tf32'], help='Allow PyTorch to use TF32 internally', type=bool, default=False, metavar='BOOL'),
         click.Option(['--workers'], help='DataLoader worker processes [default: min(3, cores - 1): 0 on one core, '
                      'which loads in the training process]', type=int, metavar='INT'),
+        click.Option(['--desc', '--description', 'desc'], help='Text appended to the run directory name', metavar='TEXT'),
+        click.Option(['--wandb', '--wandb_proj', 'wandb'], help='Also log scalars, fakes grids, curves and the config to this '
+                     'Weights & Biases project (needs wandb; WANDB_MODE=offline keeps it on disk)', metavar='PROJECT'),
         *speed_click_options(),
     ]
     names = {p.name for p in params}

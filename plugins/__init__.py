@@ -195,6 +195,10 @@ class Plugin:
     def report_stats(self):
         """Report per-tick statistics with training_stats.report0 (called once per tick)."""
 
+    def status_text(self):
+        """A few words on this plugin's state for the console's tick line, e.g. 'augment 0.125' ('' = none)."""
+        return ''
+
 #----------------------------------------------------------------------------
 # The active plugins, called in order. Hooks a plugin does not override are skipped.
 
@@ -206,7 +210,7 @@ class PluginSet:
         self._impl = {}
         for hook in ['setup', 'on_iteration_start', 'replace_real_batch', 'augment_D_input',
                      'synthesis_kwargs', 'main_loss_weight', 'extra_loss', 'after_backward',
-                     'after_step', 'before_ema', 'end_of_iteration', 'on_D_rewind', 'report_stats']:
+                     'after_step', 'before_ema', 'end_of_iteration', 'on_D_rewind', 'report_stats', 'status_text']:
             self._impl[hook] = [p for p in self.plugins if getattr(type(p), hook) is not getattr(Plugin, hook)]
 
     def __iter__(self):
@@ -286,6 +290,10 @@ class PluginSet:
     def report_stats(self):
         for p in self._impl['report_stats']:
             p.report_stats()
+
+    def status_text(self):
+        """The active plugins' status words, in run order, empty ones left out."""
+        return [text for text in (p.status_text() for p in self._impl['status_text']) if text]
 
     def state_for_snapshot(self):
         return {p.name: p.state_for_snapshot() for p in self.plugins}

@@ -48,6 +48,9 @@ class _AugmentBase(Plugin):
     def report_stats(self):
         training_stats.report0('Progress/augment', misc.host_value(self.augment_pipe.p))
 
+    def status_text(self):
+        return f'augment {misc.host_value(self.augment_pipe.p):.3f}'
+
     def state_for_snapshot(self):
         return dict(p=float(self.augment_pipe.p))
 

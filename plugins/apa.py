@@ -138,6 +138,9 @@ class APAPlugin(Plugin):
     def report_stats(self):
         training_stats.report0('Progress/augment', misc.host_value(self.p))
 
+    def status_text(self):
+        return f'apa-p {misc.host_value(self.p):.3f}'
+
     def state_for_snapshot(self):
         return dict(p=float(self.p),
                     controller=None if self.controller is None else self.controller.state_dict())

@@ -348,6 +348,9 @@ class LotteryPlugin(Plugin):
 
     # --- stats and state ------------------------------------------------------------------------
 
+    def status_text(self):
+        return f'lottery round {self.round}/{self.rounds}'
+
     def report_stats(self):
         overall, per_layer = density(self.masks)
         training_stats.report0('Lottery/density', overall)

@@ -223,6 +223,9 @@ class ReGANPlugin(Plugin):
                 macs_total += mask.numel() * uses
         return per_tensor, pruned / max(total, 1), macs_saved, macs_saved / max(macs_total, 1)
 
+    def status_text(self):
+        return f'regan {self.mode}'
+
     def report_stats(self):
         per_tensor, overall, macs_saved, macs_frac = self.sparsity_stats()
         training_stats.report0('ReGAN/phase', PHASE_CODES[self.mode])

@@ -7,7 +7,6 @@ fire where docs/architecture.md says.
 import copy
 import functools
 import glob
-import json
 import os
 import pickle
 import random
@@ -21,6 +20,7 @@ import torch
 import dnnlib
 from torch_utils import misc
 from torch_utils import training_stats
+from training.run_log import StatsWriter
 from training import speed as speed_levers
 
 #----------------------------------------------------------------------------
@@ -258,6 +258,7 @@ def training_loop(
     iteration_fn            = None,     # Called at the start of every iteration: iteration_fn(batch_idx) (benchmarks).
     progress_fn             = None,     # Called once per tick: progress_fn(cur_nimg, total_nimg).
     options                 = None,     # The resolved training config, stored in snapshots.
+    wandb_project           = None,     # Also log to this Weights & Biases project (None = off).
     speed                   = None,     # Speed levers (training/speed.py DEFAULTS; None = all off).
 ):
     """Train until total_kimg; returns an EasyDict (G, D, G_ema, plugins, loss, phases, cur_nimg, batch_idx, cur_tick)."""
@@ -334,7 +335,7 @@ def training_loop(
     log('Initializing logs...')
     stats_collector = training_stats.Collector(regex='.*')
     stats_metrics = dict()
-    writer = StatsWriter(run_dir, start_time, log) if rank == 0 else None
+    writer = StatsWriter(run_dir, start_time, log, wandb_project, options) if rank == 0 else None
     if full_resume:   # last, so nothing above shifts the RNG streams the snapshot continues
         restore_rng_and_loss(resume_state, loss, rank, num_gpus)
 
@@ -377,7 +378,7 @@ def training_loop(
         rng_state = get_rng_state()     # maintenance below must not disturb the training RNG streams
         tick_end_time = time.time()
         log(' '.join(tick_report(cur_tick, cur_nimg, total_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time,
-                                 maintenance_time, device, plugins, augment_pipe)))
+                                 maintenance_time, device, plugins)))
         if abort_fn is not None and abort_fn():
             done = True
             log()
@@ -499,36 +500,6 @@ def export_reals_and_init_fakes(training_set, G, G_ema, run_dir, random_seed, im
                         drange=[-1, 1], grid_size=grid.size)
     return grid
 
-class StatsWriter:
-    """stats.jsonl (one line per tick) and TensorBoard events (when tensorboard is installed)."""
-    def __init__(self, run_dir, start_time, log):
-        self.start_time = start_time
-        self.jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
-        self.tfevents = None
-        try:
-            import torch.utils.tensorboard as tensorboard
-            self.tfevents = tensorboard.SummaryWriter(run_dir)
-        except ImportError as err:
-            log(f'Skipping tfevents export: {err}')
-
-    def write(self, stats_dict, metrics_dict, cur_nimg):
-        timestamp = time.time()
-        self.jsonl.write(json.dumps(dict(stats_dict, timestamp=timestamp)) + '\n')
-        self.jsonl.flush()
-        if self.tfevents is not None:
-            global_step = int(cur_nimg / 1e3)
-            walltime = timestamp - self.start_time
-            for name, value in stats_dict.items():
-                self.tfevents.add_scalar(name, value.mean, global_step=global_step, walltime=walltime)
-            for name, value in metrics_dict.items():
-                self.tfevents.add_scalar(f'Metrics/{name}', value, global_step=global_step, walltime=walltime)
-            self.tfevents.flush()
-
-    def close(self):
-        self.jsonl.close()
-        if self.tfevents is not None:
-            self.tfevents.close()
-
 #----------------------------------------------------------------------------
 # The pieces of one iteration and one tick.
 
@@ -591,7 +562,7 @@ def start_tick(cur_nimg, busy_since):
     return cur_nimg, now, now - busy_since
 
 def tick_report(cur_tick, cur_nimg, total_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time, maintenance_time,
-                device, plugins, augment_pipe):
+                device, plugins):
     """Report per-tick statistics and return the fields of the status line."""
     tick_kimg = (cur_nimg - tick_start_nimg) / 1000
     total_sec = tick_end_time - start_time
@@ -616,8 +587,7 @@ def tick_report(cur_tick, cur_nimg, total_nimg, tick_start_nimg, tick_start_time
     training_stats.report0('Timing/total_hours', total_sec / 3600)
     training_stats.report0('Timing/total_days', total_sec / (24 * 3600))
     plugins.report_stats()
-    if augment_pipe is not None:
-        fields.append(f'augment {float(augment_pipe.p):.3f}')
+    fields += plugins.status_text()
     fields.append(progress_bar(cur_nimg, total_nimg, sec_per_kimg))
     return fields
 
