@@ -640,5 +640,9 @@ def build_cli():
     return GroupedCommand(name='train', params=params, callback=callback, help=__doc__,
                           context_settings=dict(max_content_width=120))
 
-if __name__ == '__main__':
+def cli():
+    """Entry point of `python train.py` and the `ldgan-train` command."""
     build_cli()()
+
+if __name__ == '__main__':
+    cli()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates ./.venv and installs the pinned dependencies; safe to run again (it skips what is done).
+# Creates ./.venv and installs the dependencies (requirements.txt and the extras in requirements-dev.txt); safe to run again (it skips what is done).
 # Without a GPU it installs the CPU build torch==2.13.0; with a GPU it keeps the CUDA build of
 # torch you installed in the venv, or installs PyPI's default CUDA build if there is none.
 set -euo pipefail
