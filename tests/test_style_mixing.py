@@ -2,8 +2,12 @@
 hand-built ws (row seed's w with the column seed's w in the --styles layers)."""
 
 import copy
+import http.server
 import os
 import pickle
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import PIL.Image
@@ -13,6 +17,8 @@ from click.testing import CliRunner
 
 import style_mixing
 from training import networks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 G_KWARGS = dict(z_dim=8, w_dim=8, c_dim=0, img_resolution=16, img_channels=3,
                 mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=16))
@@ -64,3 +70,33 @@ def test_styles_out_of_range(snapshot, tmp_path):
                                                              '--outdir', str(tmp_path / 'o')])
     assert r.exit_code == 2 and 'layers 0..5' in r.output and '6 is out of range' in r.output
     assert not (tmp_path / 'o').exists()
+
+def test_upstream_command_with_a_network_url(tmp_path):
+    """upstream-commands.md's style_mixing line as typed, the network (32x32: 8 ws, so the default
+    --styles=0-6 fits) served on 127.0.0.1."""
+    torch.manual_seed(3)
+    G = networks.Generator(**dict(G_KWARGS, img_resolution=32)).eval().requires_grad_(False)
+    path = str(tmp_path / 'metfaces.pkl')
+    with open(path, 'wb') as f:
+        pickle.dump(dict(G=G, D=None, G_ema=G, augment_pipe=None, training_set_kwargs=None), f)
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = open(path, 'rb').read()
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        def log_message(self, *args):
+            pass
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Serve)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f'http://127.0.0.1:{httpd.server_address[1]}/metfaces.pkl'
+        env = dict(os.environ, OMP_NUM_THREADS='1', DNNLIB_CACHE_DIR=str(tmp_path / 'cache'))
+        r = subprocess.run([sys.executable, 'style_mixing.py', f'--outdir={tmp_path / "out"}', '--rows=85,100,75,458,1500',
+                            '--cols=55,821,1789,293', f'--network={url}'], cwd=ROOT, env=env, capture_output=True, text=True)
+    finally:
+        httpd.shutdown()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(os.listdir(tmp_path / 'out')) == 1 + 9 + 5 * 4
+    assert _png(tmp_path / 'out' / 'grid.png').shape == (6 * 32, 5 * 32, 3)
