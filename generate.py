@@ -3,6 +3,7 @@
     python generate.py --network=snap.pkl --seeds=0-63 --outdir=out
     python generate.py --network=snap.pkl --seeds=0-15 --class=3 --trunc=0.7 --grid --outdir=out
     python generate.py --network=snap.pkl --seeds=0,5,9 --video --frames=60 --outdir=out
+    python generate.py --network=snap.pkl --seeds=0-7 --all-classes --grid --zoom=4 --outdir=out
     python generate.py --network=snap.pkl --projected-w=out/projected_w.npz --outdir=out
 """
 
@@ -66,16 +67,17 @@ def save_png(arr, path):
     """uint8 [H, W, C] with C in {1, 3} -> PNG."""
     PIL.Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, 'L' if arr.shape[2] == 1 else 'RGB').save(path)
 
-def make_grid(images):
-    """uint8 [N, H, W, C] -> one [rows*H, cols*W, C] image, cols = ceil(sqrt(N)), row-major, black padding."""
+def make_grid(images, cols=None, zoom=1):
+    """uint8 [N, H, W, C] -> one [rows*H*zoom, cols*W*zoom, C] image, row-major, black padding;
+    cols defaults to ceil(sqrt(N)); zoom > 1 enlarges by pixel repetition (nearest neighbour)."""
     n, h, w, c = images.shape
-    cols = int(math.ceil(math.sqrt(n)))
+    cols = int(math.ceil(math.sqrt(n))) if cols is None else cols
     rows = int(math.ceil(n / cols))
     grid = np.zeros([rows * h, cols * w, c], dtype=np.uint8)
     for i in range(n):
         r, q = divmod(i, cols)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
-    return grid
+    return grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
 
 #----------------------------------------------------------------------------
 
@@ -146,14 +148,19 @@ def render_projected_w(G, ws, noise_mode, outdir, device):
 @click.option('--class', 'class_idx', help='Class index (required for conditional networks)', type=int)
 @click.option('--noise-mode', help='Noise mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--outdir', callback=dnnlib.util.expand_user, help='Where to save the output', type=str, required=True, metavar='DIR')
+@click.option('--all-classes', 'all_classes', help='Conditional network: every seed in every class '
+              '(classNN-seedNNNN.png; the grid gets one row per class)', is_flag=True)
 @click.option('--grid', help='Also write grid.png with all seeds', is_flag=True)
+@click.option('--zoom', help='Enlarge grid.png by this factor (nearest neighbour, for small images)',
+              type=click.IntRange(min=1), default=1, show_default=True)
 @click.option('--video', help='Write interp.mp4, an interpolation video through the seeds (needs imageio-ffmpeg)', is_flag=True)
 @click.option('--frames', help='Video frames per transition between two seeds', type=click.IntRange(min=1), default=60, show_default=True)
 @click.option('--fps', help='Video frame rate', type=click.IntRange(min=1), default=30, show_default=True)
 @click.option('--safe', help='Refuse network pickles (they can run code); accept only the safe export', is_flag=True)
 @click.option('--projected-w', '--projected_w', 'projected_w', help='Render the ws of projector.py\'s projected_w.npz '
               '(projNN.png) instead of seeds', metavar='FILE')
-def generate_images(network, seeds, truncation_psi, class_idx, noise_mode, outdir, grid, video, frames, fps, safe, projected_w):
+def generate_images(network, seeds, truncation_psi, class_idx, noise_mode, outdir, all_classes, grid, zoom, video, frames,
+                    fps, safe, projected_w):
     """Generate images with a trained network: seedNNNN.png per seed, optional grid.png and interp.mp4."""
     seeds = parse_seeds(seeds)
     device = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
@@ -162,19 +169,28 @@ def generate_images(network, seeds, truncation_psi, class_idx, noise_mode, outdi
     if ws is not None:
         render_projected_w(G, ws, noise_mode, outdir, device)
         return
-    c = class_label(G, class_idx)
+    if all_classes:
+        if G.c_dim == 0:
+            raise click.UsageError('--all-classes needs a conditional network; this one has no classes')
+        if class_idx is not None or video:
+            raise click.UsageError('--all-classes replaces --class and does not make videos; drop --class / --video')
+        jobs = [(class_label(G, k), seed, f'class{k:02d}-seed{seed:04d}.png') for k in range(G.c_dim) for seed in seeds]
+    else:
+        c = class_label(G, class_idx)
+        jobs = [(c, seed, f'seed{seed:04d}.png') for seed in seeds]
     os.makedirs(outdir, exist_ok=True)
 
     images = []
     with torch.no_grad():
-        for i, seed in enumerate(seeds):
-            print(f'Generating image for seed {seed} ({i + 1}/{len(seeds)}) ...')
+        for i, (c, seed, fname) in enumerate(jobs):
+            print(f'Generating {fname} ({i + 1}/{len(jobs)}) ...')
             img = synthesize_seed(G, seed, c, truncation_psi, noise_mode, device)
-            save_png(img, os.path.join(outdir, f'seed{seed:04d}.png'))
+            save_png(img, os.path.join(outdir, fname))
             if grid:
                 images.append(img)
         if grid:
-            save_png(make_grid(np.stack(images)), os.path.join(outdir, 'grid.png'))
+            cols = len(seeds) if all_classes else None
+            save_png(make_grid(np.stack(images), cols=cols, zoom=zoom), os.path.join(outdir, 'grid.png'))
         if video:
             path = os.path.join(outdir, 'interp.mp4')
             print(f'Writing {path} ({len(seeds) * frames} frames) ...')

@@ -8,6 +8,9 @@ Metric names (N = a count, `k` multiplies by 1000, e.g. fid50k_full, kid5k_full,
   ppl_zfull ppl_wfull ppl_zend ppl_wend       perceptual path length, 50k samples, centre crop
   ppl2_wend                                   ... without the crop
   fid_shots / kid_shots [fid{N}_shots, *_shots_few]   UTLO many / medium / few-shot groups
+  labelnet_rr[N] / labelnet_fd[N]             a classifier trained on the metric dataset's own labels
+                                               (no download): share of N (default 1000) generated images
+                                               it recognises, Frechet distance in its features
 """
 
 import json
@@ -20,6 +23,7 @@ from metrics import metric_utils
 from metrics.frechet_inception_distance import compute_fid
 from metrics.inception_score import compute_is
 from metrics.kernel_inception_distance import compute_kid
+from metrics.label_classifier import compute_labelnet_fd, compute_labelnet_rr
 from metrics.perceptual_path_length import compute_ppl
 from metrics.precision_recall import compute_pr
 from metrics.shot_metrics import compute_shot_metrics
@@ -27,13 +31,14 @@ from metrics.shot_metrics import compute_shot_metrics
 _STANDARD = ['fid50k_full', 'kid50k_full', 'pr50k3_full', 'is50k', 'fid50k', 'kid50k', 'pr50k3',
              'ppl_zfull', 'ppl_wfull', 'ppl_zend', 'ppl_wend', 'ppl2_wend',
              'fid5k_full', 'kid5k_full', 'fid10k_full', 'kid10k_full', 'pr5k3_full', 'pr10k3_full', 'is5k',
-             'fid_shots', 'kid_shots', 'fid_shots_few', 'kid_shots_few']
+             'fid_shots', 'kid_shots', 'fid_shots_few', 'kid_shots_few', 'labelnet_rr', 'labelnet_fd']
 
 _FID_KID = re.compile(r'^(fid|kid)(\d+)(k?)(_full)?$')
 _PR = re.compile(r'^pr(\d+)(k?)(\d)(_full)?$')
 _IS = re.compile(r'^is(\d+)(k?)$')
 _PPL = re.compile(r'^ppl(2?)_(z|w)(full|end)$')
 _SHOTS = re.compile(r'^(fid|kid)(?:(\d+)(k?))?_shots(_few)?$')
+_LABELNET = re.compile(r'^labelnet_(rr|fd)(?:(\d+)(k?))?$')
 
 def _count(digits, k):
     return int(digits) * (1000 if k else 1)
@@ -63,6 +68,10 @@ def parse_metric(name):
     if m:
         n = _count(m.group(2), m.group(3)) if m.group(2) else 50_000
         return dnnlib.EasyDict(kind=m.group(1) + '_shots', full=True, num_gen=n, few_only=m.group(4) is not None)
+    m = _LABELNET.match(name)
+    if m:
+        n = _count(m.group(2), m.group(3)) if m.group(2) else 1000
+        return dnnlib.EasyDict(kind='labelnet_' + m.group(1), full=True, num_gen=n) if n > 1 else None
     return None
 
 def is_valid_metric(metric):
@@ -97,6 +106,10 @@ def _run(spec, name, opts):
         return {name: compute_ppl(opts, num_samples=num_gen, space=spec.space, sampling=spec.sampling, crop=spec.crop)}
     if spec.kind in ('fid_shots', 'kid_shots'):
         return compute_shot_metrics(opts, spec.kind[:3], num_gen=num_gen, few_only=spec.few_only or opts.few_shot_only)
+    if spec.kind == 'labelnet_rr':
+        return compute_labelnet_rr(opts, num_gen, name)
+    if spec.kind == 'labelnet_fd':
+        return compute_labelnet_fd(opts, num_gen, name)
     raise AssertionError(spec.kind)
 
 def calc_metric(metric, G=None, dataset_kwargs=None, num_gpus=1, rank=0, device=None, detector=None,

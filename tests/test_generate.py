@@ -117,3 +117,25 @@ def test_safe_export_gives_identical_images(tmp_path, uncond):
     assert (tmp_path / 'pkl' / 'seed0006.png').read_bytes() == (tmp_path / 'safe' / 'seed0006.png').read_bytes()
     r = _run('--network', path, '--seeds', '6', '--outdir', tmp_path / 'x', '--safe')
     assert r.exit_code != 0 and 'pickle' in r.output
+
+def test_all_classes_grid_one_row_per_class_zoomed(tmp_path, cond):
+    path, G = cond
+    out = tmp_path / 'out'
+    r = _run('--network', path, '--seeds', '4-5', '--all-classes', '--grid', '--zoom', '3', '--outdir', out)
+    assert r.exit_code == 0, r.output
+    names = [f'class{k:02d}-seed{s:04d}.png' for k in range(3) for s in (4, 5)]
+    assert sorted(os.listdir(out)) == sorted(names + ['grid.png'])
+    grid = _png(out / 'grid.png')
+    assert grid.shape == (3 * 16 * 3, 2 * 16 * 3, 3)   # rows = classes, columns = seeds, 3x nearest neighbour
+    for k in range(3):
+        for j, s in enumerate((4, 5)):
+            cell = grid[k * 48:(k + 1) * 48, j * 48:(j + 1) * 48]
+            np.testing.assert_array_equal(cell, _png(out / f'class{k:02d}-seed{s:04d}.png').repeat(3, 0).repeat(3, 1))
+    assert not np.array_equal(_png(out / 'class00-seed0004.png'), _png(out / 'class01-seed0004.png'))
+    r = _run('--network', path, '--seeds', '0', '--all-classes', '--class', '1', '--outdir', tmp_path / 'x')
+    assert r.exit_code != 0 and '--all-classes replaces --class' in r.output
+
+def test_all_classes_needs_a_conditional_network(tmp_path, uncond):
+    r = _run('--network', uncond[0], '--seeds', '0', '--all-classes', '--outdir', tmp_path / 'out')
+    assert r.exit_code != 0 and 'needs a conditional network' in r.output
+    assert not (tmp_path / 'out').exists()
