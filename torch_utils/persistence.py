@@ -50,24 +50,22 @@ def persistent_class(orig_class):
     if home is None:
         raise ValueError(f'persistent_class: module "{orig_class.__module__}" of class "{orig_class.__name__}" is not imported')
 
-    namespace = dict(_PERSISTENT_METHODS, __init__=_recording_init(orig_class.__init__),
-                     __module__=orig_class.__module__, __qualname__=orig_class.__qualname__,
+    namespace = dict(_PERSISTENT_METHODS, __module__=orig_class.__module__, __qualname__=orig_class.__qualname__,
                      __doc__=orig_class.__doc__,
                      _orig_module_src=_module_to_src(home, required=False), # None: fails only when pickled
                      _orig_class_name=orig_class.__name__)
     persistent = type(orig_class.__name__, (orig_class,), namespace)
-    _decorators.add(persistent)
-    return persistent
 
-def _recording_init(orig_init):
-    # functools.wraps keeps the constructor's signature visible to inspect.
-    @functools.wraps(orig_init)
+    @functools.wraps(orig_class.__init__) # keeps the constructor's signature visible to inspect
     def __init__(self, *args, **kwargs):
         # Copied first: a constructor editing its arguments must not change the record.
         recorded = copy.deepcopy((args, kwargs))
-        orig_init(self, *args, **kwargs)
+        super(persistent, self).__init__(*args, **kwargs)
         self._init_args, self._init_kwargs = recorded
-    return __init__
+
+    persistent.__init__ = __init__
+    _decorators.add(persistent)
+    return persistent
 
 def _init_args(self):
     return copy.deepcopy(self._init_args)
