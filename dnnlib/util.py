@@ -16,7 +16,7 @@ import tempfile
 import time
 import types
 import urllib.parse
-from typing import Any, List, Tuple, Union
+from typing import Any, Tuple, Union
 
 #----------------------------------------------------------------------------
 # Attribute dictionary.
