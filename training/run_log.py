@@ -32,8 +32,13 @@ class StatsWriter:
 
     def _outputs(self):
         """{(path, mtime)} of the grids and snapshots in the run directory."""
-        paths = glob.glob(os.path.join(self.run_dir, 'fakes*.png')) + glob.glob(os.path.join(self.run_dir, 'network-snapshot-*.pkl'))
-        return {(path, os.stat(path).st_mtime_ns) for path in paths if os.path.exists(path)}
+        found = set()
+        for path in glob.glob(os.path.join(self.run_dir, 'fakes*.png')) + glob.glob(os.path.join(self.run_dir, 'network-snapshot-*.pkl')):
+            try:
+                found.add((path, os.stat(path).st_mtime_ns))
+            except FileNotFoundError:   # pruned (--snapshot-keep) since the listing
+                pass
+        return found
 
     def write(self, stats_dict, metrics_dict, cur_nimg):
         timestamp = time.time()
