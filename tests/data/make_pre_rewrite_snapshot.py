@@ -29,7 +29,10 @@ c = torch.eye(2)[[0, 1, 1, 0]]
 with torch.no_grad():
     img = G_ema(z, c, noise_mode='const')
     img_resnet_d = D(img, c)
-np.savez(sys.argv[2], z=z.numpy(), c=c.numpy(), img=img.numpy(), logits=img_resnet_d.numpy())
+torch.manual_seed(7)
+with torch.no_grad():
+    aug = pipe(img)
+np.savez(sys.argv[2], z=z.numpy(), c=c.numpy(), img=img.numpy(), logits=img_resnet_d.numpy(), aug=aug.numpy())
 with open(sys.argv[1], 'wb') as f:
     pickle.dump(snap, f)
 print(img.shape, img_resnet_d.ravel())
