@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+import dnnlib
 from torch_utils import misc, training_stats
 
 #----------------------------------------------------------------------------
@@ -144,8 +145,14 @@ class Plugin:
         self.num_gpus = num_gpus
         self.augment_pipe = None
 
+    def resume_mode(self, data, ctx):
+        """'weights' to start from the weights of a full snapshot `data` only (counters, optimizers,
+        plugin states and RNG fresh), else 'full'. Asked before setup(); ctx is setup's."""
+        return 'full'
+
     def setup(self, G, D, G_ema, ctx):
-        """Called once after networks exist (before resume state is loaded)."""
+        """Called once after networks exist (before resume state is loaded); ctx.full_resume says
+        whether the run continues a snapshot in full."""
 
     def on_iteration_start(self, state):
         """Schedules (Re-GAN phase and learning rate, transfer stage)."""
@@ -208,10 +215,16 @@ class PluginSet:
         for p in self.plugins:
             p.plugin_set = self     # a plugin that resets D tells the others through on_D_rewind()
         self._impl = {}
-        for hook in ['setup', 'on_iteration_start', 'replace_real_batch', 'augment_D_input',
+        for hook in ['resume_mode', 'setup', 'on_iteration_start', 'replace_real_batch', 'augment_D_input',
                      'synthesis_kwargs', 'main_loss_weight', 'extra_loss', 'after_backward',
                      'after_step', 'before_ema', 'end_of_iteration', 'on_D_rewind', 'report_stats', 'status_text']:
             self._impl[hook] = [p for p in self.plugins if getattr(type(p), hook) is not getattr(Plugin, hook)]
+
+    @classmethod
+    def from_names(cls, plugin_names, opts, device, rank=0, num_gpus=1):
+        """The set of registered plugins `plugin_names` (resolved, in run order)."""
+        reg = registry()
+        return cls([reg[name] for name in plugin_names], dnnlib.EasyDict(opts), device, rank=rank, num_gpus=num_gpus)
 
     def __iter__(self):
         return iter(self.plugins)
@@ -228,6 +241,10 @@ class PluginSet:
             if p.provides_augment_pipe and p.augment_pipe is not None:
                 return p.augment_pipe
         return None
+
+    def resume_mode(self, data, ctx):
+        modes = [p.resume_mode(data, ctx) for p in self._impl['resume_mode']]
+        return 'weights' if 'weights' in modes else 'full'
 
     def setup(self, G, D, G_ema, ctx):
         for p in self._impl['setup']:

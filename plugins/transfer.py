@@ -192,8 +192,8 @@ class TransferPlugin(Plugin):
         if not (c.get('training_set_kwargs') or {}).get('use_labels', False):
             raise ValueError('--method=transfer trains new classes: add --cond=1 and a dataset with labels')
         if opts.get('transfer_stage') == 'ft' and c.get('resume_pkl'):
-            import legacy
-            check_ft_source(legacy.load_network(c.resume_pkl, verbose=False)['G'], c.resume_pkl)
+            from training.snapshot import load_network
+            check_ft_source(load_network(c.resume_pkl, verbose=False)['G'], c.resume_pkl)
         # G and D are built with c_dim = the new dataset's label_dim (n_new); the loop copies
         # the pretrained weights by name and skips the differently shaped embeddings, and
         # setup() rebuilds both embeddings from the snapshot.
@@ -211,6 +211,23 @@ class TransferPlugin(Plugin):
         self.G = None
         self.frozen_w_avg = None
 
+    def lr_multiplier(self, ctx):
+        """The transfer rate as a multiplier over G's own (see CombinedEmbedding)."""
+        G_lr = (ctx.get('G_opt_kwargs') or {}).get('lr')
+        return self.lr / G_lr if G_lr else 1.0
+
+    def resume_mode(self, data, ctx):
+        old = getattr(data['G'].mapping, 'embed', None)
+        if not _is_combined(old):
+            # A pretrained snapshot of another run: its counters, optimizer moments and plugin
+            # state belong to the old classes.
+            return 'weights'
+        if getattr(old, 'lr_multiplier', 1.0) != self.lr_multiplier(ctx):
+            # The stored tensors are scaled for another rate: a full resume would copy them over
+            # the rescaled ones (and their Adam moments belong to that scale).
+            return 'weights'
+        return 'full'
+
     def setup(self, G, D, G_ema, ctx):
         resume = ctx.get('resume_data')
         if resume is None:
@@ -218,22 +235,10 @@ class TransferPlugin(Plugin):
         n_new = G.c_dim
         if n_new <= 0:
             raise ValueError('--method=transfer needs a labelled dataset (--cond=1)')
-        if ctx.get('full_resume') and not _is_combined(getattr(resume['G'].mapping, 'embed', None)):
-            # A pretrained snapshot of another run: its counters, optimizer moments and plugin
-            # state belong to the old classes. Ask the loop for a weights-only resume.
-            ctx.full_resume = False
         if self.stage == 'ft':
             check_ft_source(resume['G'], 'the --resume network')
-        # The rate is applied as a multiplier over G's own (see CombinedEmbedding).
-        G_lr = (ctx.get('G_opt_kwargs') or {}).get('lr')
-        lr_multiplier = self.lr / G_lr if G_lr else 1.0
         embed = self.build_embedding(resume['G'], n_new, G.mapping.embed_features, G.mapping.embed.weight.device,
-                                     lr_multiplier)
-        if ctx.get('full_resume') and embed is not None and _is_combined(resume['G'].mapping.embed) \
-                and getattr(resume['G'].mapping.embed, 'lr_multiplier', 1.0) != embed.lr_multiplier:
-            # The stored tensors are scaled for another rate: a full resume would copy them over
-            # the rescaled ones (and their Adam moments belong to that scale). Weights only.
-            ctx.full_resume = False
+                                     self.lr_multiplier(ctx))
         G.mapping.embed = embed
         G_ema.mapping.embed = copy.deepcopy(embed)
         G.c_dim = G.mapping.c_dim = n_new

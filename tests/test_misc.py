@@ -37,6 +37,13 @@ def test_infinite_sampler_deterministic_by_seed():
     assert a == b and a != c
     assert _take(misc.InfiniteSampler(data, shuffle=False), 120) == list(range(50)) * 2 + list(range(20))
 
+def test_infinite_sampler_skip_continues_each_rank_stream():
+    """A resumed run's sampler (skip=k) yields what the uninterrupted one yields after k entries."""
+    data = list(range(11))
+    for rank in range(3):
+        whole = _take(misc.InfiniteSampler(data, rank=rank, num_replicas=3, seed=4), 50)
+        assert _take(misc.InfiniteSampler(data, rank=rank, num_replicas=3, seed=4, skip=17), 33) == whole[17:]
+
 def test_infinite_sampler_sharded_by_rank():
     data = range(30)
     full = _take(misc.InfiniteSampler(data, seed=5), 90)

@@ -307,9 +307,11 @@ def test_continuing_with_another_rate_keeps_the_values_and_asks_for_weights_only
     _copy_matching(snapshot['G'], G2)
     plugin = transfer.TransferPlugin(_opts(transfer_stage='ft'), 'cpu')
     G2.requires_grad_(True)
-    ctx = dnnlib.EasyDict(resume_data=snapshot, full_resume=True, G_opt_kwargs=dict(lr=0.002))
-    plugin.setup(G2, D2, copy.deepcopy(G2), ctx)
-    assert G2.mapping.embed.lr_multiplier == pytest.approx(0.1) and ctx.full_resume is False
+    ctx = dnnlib.EasyDict(resume_data=snapshot, G_opt_kwargs=dict(lr=0.002))
+    assert plugin.resume_mode(snapshot, ctx) == 'weights'
+    assert plugin.resume_mode(snapshot, dnnlib.EasyDict(ctx, G_opt_kwargs={})) == 'full'    # same multiplier 1: continue
+    plugin.setup(G2, D2, copy.deepcopy(G2), dnnlib.EasyDict(ctx, full_resume=False))
+    assert G2.mapping.embed.lr_multiplier == pytest.approx(0.1)
     c = torch.eye(N_NEW)
     torch.testing.assert_close(G2.mapping.embed(c), G_bn.mapping.embed(c), rtol=1e-6, atol=1e-7)
 

@@ -232,7 +232,7 @@ def test_resume_latest_and_run_dir_numbering(tmp_path):
     assert train.next_run_dir(str(tmp_path / 'new'), 'x') == str(tmp_path / 'new' / '00000-x')
 
 def test_snapshot_keep_prunes_oldest(tmp_path):
-    from training.training_loop import prune_snapshots
+    from training.snapshot import prune_snapshots
     for kimg in [0, 4, 8, 12]:
         (tmp_path / f'network-snapshot-{kimg:06d}.pkl').write_bytes(b'x')
     prune_snapshots(str(tmp_path), 2)

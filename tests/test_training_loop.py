@@ -16,7 +16,7 @@ import torch
 import dnnlib
 import train
 from metrics import detectors
-from training import training_loop
+from training import snapshot, training_loop
 from helpers import load_pickle
 
 pytestmark = pytest.mark.slow
@@ -217,7 +217,7 @@ def test_tensors_to_cpu_keeps_the_structure():
     state = dict(opt=dict(state={0: dict(step=torch.tensor(3.0), exp_avg=torch.ones(2, requires_grad=True))},
                           param_groups=[dict(params=[0], betas=(0.0, 0.99))]),
                  rng=(3, (1, 2), None), n=7)
-    out = training_loop.tensors_to_cpu(state)
+    out = snapshot.tensors_to_cpu(state)
     assert out['opt']['param_groups'] == [dict(params=[0], betas=(0.0, 0.99))] and out['rng'] == (3, (1, 2), None)
     assert out['n'] == 7 and not out['opt']['state'][0]['exp_avg'].requires_grad
     assert torch.equal(out['opt']['state'][0]['exp_avg'], torch.ones(2))

@@ -133,10 +133,11 @@ class InfiniteSampler(torch.utils.data.Sampler):
     each a permutation of all indices: the first drawn from `seed`; afterwards each visited
     position trades its index with one at most `window_size` * len positions back in the same
     pass, so the next pass comes out reordered. Rank r gets entries r, r + num_replicas, ...
-    of that one global stream, so the ranks together see every entry once.
+    of that one global stream, so the ranks together see every entry once. `skip` drops the
+    first `skip` entries of this rank's stream (a resumed run reads on where it stopped).
     """
 
-    def __init__(self, dataset, rank=0, num_replicas=1, shuffle=True, seed=0, window_size=0.5):
+    def __init__(self, dataset, rank=0, num_replicas=1, shuffle=True, seed=0, window_size=0.5, skip=0):
         if len(dataset) <= 0:
             raise ValueError('InfiniteSampler: the dataset is empty')
         if num_replicas <= 0 or not 0 <= rank < num_replicas:
@@ -147,9 +148,10 @@ class InfiniteSampler(torch.utils.data.Sampler):
         self.dataset = dataset
         self.rank, self.num_replicas = rank, num_replicas
         self.shuffle, self.seed, self.window_size = shuffle, seed, window_size
+        self.skip = int(skip)
 
     def __iter__(self):
-        return itertools.islice(self._global_stream(), self.rank, None, self.num_replicas)
+        return itertools.islice(self._global_stream(), self.rank + self.skip * self.num_replicas, None, self.num_replicas)
 
     def _global_stream(self):
         size = len(self.dataset)

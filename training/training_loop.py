@@ -6,144 +6,24 @@ fire where docs/architecture.md says.
 
 import copy
 import functools
-import glob
 import os
-import pickle
 import random
 import time
 
 import numpy as np
-import PIL.Image
 import psutil
 import torch
 
 import dnnlib
+import plugins as plugin_registry
 from torch_utils import misc
 from torch_utils import training_stats
-from training.run_log import StatsWriter
+from training import image_grid, snapshot
 from training import speed as speed_levers
-
-#----------------------------------------------------------------------------
-# Image grids.
-
-def setup_snapshot_image_grid(training_set, random_seed=0, max_size=32):
-    """Pick reals for the grid: (grid_size (gw, gh), images uint8 [N, C, H, W], labels [N, c_dim]).
-
-    Unlabelled data: a seeded random selection. Labelled data: one row per label (sorted),
-    each row filled with images of that label, cycling if a class has few images.
-    """
-    rnd = np.random.RandomState(random_seed)
-    _channels, height, width = training_set.image_shape
-    # Enough tiles to fill a 7680x4320 screen, at least 7 x 4, at most max_size per side.
-    cols = int(np.clip(7680 // width, 7, max_size))
-    rows = int(np.clip(4320 // height, 4, max_size))
-    if training_set.has_labels:
-        picks = _grid_rows_by_label(training_set, rnd, rows, cols)
-    else:
-        pool = list(range(len(training_set)))
-        rnd.shuffle(pool)
-        picks = [pool[k % len(pool)] for k in range(rows * cols)]
-    items = [training_set[idx] for idx in picks]
-    return (cols, rows), np.stack([image for image, _ in items]), np.stack([label for _, label in items])
-
-def _grid_rows_by_label(training_set, rnd, rows, cols):
-    """Item indices, row-major: row r shows images of the (r mod #labels)-th label in sorted order."""
-    members = {}
-    for idx in range(len(training_set)):
-        raw = np.ravel(training_set.get_details(idx).raw_label)
-        members.setdefault(tuple(raw[::-1]), []).append(idx)   # vectors sort by their last entry first
-    labels = sorted(members)
-    for label in labels:
-        rnd.shuffle(members[label])
-    picks = []
-    for r in range(rows):
-        row = members[labels[r % len(labels)]]
-        picks.extend(row[k % len(row)] for k in range(cols))
-    return picks
-
-def save_image_grid(img, fname, drange, grid_size):
-    """img: [gw*gh, C, H, W] array with values in drange -> one PNG (L or RGB), row-major."""
-    lo, hi = drange
-    scaled = (np.asarray(img, dtype=np.float32) - lo) * (255 / (hi - lo))
-    tiles = np.rint(scaled).clip(0, 255).astype(np.uint8)
-    cols, rows = grid_size
-    channels, height, width = tiles.shape[1:]
-    # [rows*cols, C, H, W] -> [rows, H, cols, W, C] -> one [rows*H, cols*W, C] canvas.
-    canvas = tiles.reshape(rows, cols, channels, height, width).transpose(0, 3, 1, 4, 2)
-    canvas = canvas.reshape(rows * height, cols * width, channels)
-    if channels == 1:
-        canvas = canvas[:, :, 0]
-    PIL.Image.fromarray(canvas, 'L' if channels == 1 else 'RGB').save(fname)
+from training.run_log import StatsWriter
 
 #----------------------------------------------------------------------------
 # Small helpers.
-
-class _SkippingSampler(torch.utils.data.Sampler):
-    """Wraps an endless sampler and drops its first `skip` indices, so a resumed run reads
-    the same stream of real images an uninterrupted run would have read."""
-    def __init__(self, sampler, skip):
-        super().__init__()
-        self.sampler = sampler
-        self.skip = int(skip)
-
-    def __iter__(self):
-        it = iter(self.sampler)
-        for _ in range(self.skip):
-            next(it)
-        yield from it
-
-def get_rng_state():
-    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(), cuda=None)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-def set_rng_state(state):
-    torch.set_rng_state(state['torch'])
-    np.random.set_state(state['numpy'])
-    random.setstate(state['python'])
-    if state.get('cuda') is not None and torch.cuda.is_available():
-        cuda_states = state['cuda']
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-
-def copy_matching_params(src, dst):
-    """Copy parameters/buffers from src to dst where name and shape match.
-
-    Returns the dst names left untouched (missing in src or shaped differently): with a
-    weights-only pickle from another configuration (transfer learning) these are reported.
-    """
-    src_tensors = dict(misc.named_params_and_buffers(src))
-    skipped = []
-    with torch.no_grad():
-        for name, tensor in misc.named_params_and_buffers(dst):
-            if name in src_tensors and src_tensors[name].shape == tensor.shape:
-                tensor.copy_(src_tensors[name].detach())
-            else:
-                skipped.append(name)
-    return skipped
-
-def load_network_file(path):
-    """A snapshot / network pickle as a dict (legacy.py handles upstream and safe formats)."""
-    import legacy
-    return legacy.load_network(path)
-
-def write_pickle_atomic(obj, path):
-    """Pickle to `path.tmp`, fsync, then rename: a crash never leaves a truncated snapshot."""
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        pickle.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-def prune_snapshots(run_dir, keep):
-    """Delete all but the newest `keep` network snapshots of a run."""
-    if not keep or keep <= 0:
-        return
-    snaps = sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))
-    for path in snaps[:-keep]:
-        os.remove(path)
 
 def sanitize_and_reduce_grads(params, num_gpus):
     """Average gradients over ranks (data parallelism) and replace NaN -> 0, +-inf -> +-1e5.
@@ -166,14 +46,6 @@ def broadcast_module(module):
     """Make every rank start from rank 0's parameters and buffers."""
     for tensor in misc.params_and_buffers(module):
         torch.distributed.broadcast(tensor.data, src=0)
-
-def gather_objects(obj, num_gpus):
-    """[obj of rank 0, obj of rank 1, ...] (on every rank)."""
-    if num_gpus == 1:
-        return [obj]
-    out = [None] * num_gpus
-    torch.distributed.all_gather_object(out, obj)
-    return out
 
 def make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval):
     """Phases in run order. Lazy regularisation every k iterations: Adam lr * k/(k+1) and
@@ -271,45 +143,30 @@ def training_loop(
     batch_per_rank = batch_size // num_gpus
     log = print if rank == 0 else (lambda *args, **kwargs: None)
 
-    # ---- Resume data, training set, networks ---------------------------------------------------
-    resume_data = None
-    if resume_pkl is not None:
-        log(f'Resuming from "{resume_pkl}"')
-        resume_data = load_network_file(resume_pkl)
-    resume_state = resume_data.get('resume_state') if resume_data is not None else None
-    full_resume = resume_state is not None
-
+    # ---- Resume plan, training set, networks ----------------------------------------------------
+    plan = snapshot.open_resume(resume_pkl, log)
     log('Loading training set...')
     training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
     log(f'Num images: {len(training_set)}, image shape: {training_set.image_shape}, label shape: {training_set.label_shape}')
-
     log('Constructing networks...')
     G, D, G_ema = construct_networks(training_set, G_kwargs, D_kwargs, freezed, device)
-    if resume_data is not None:   # weights first; a plugin's setup may need them (transfer)
-        copy_resume_weights(resume_data, G, D, G_ema, log=None if full_resume else log)
 
-    # ---- Plugins --------------------------------------------------------------------------------
-    import plugins as plugin_registry
-    registry = plugin_registry.registry()
-    plugins = plugin_registry.PluginSet([registry[name] for name in plugin_names], dnnlib.EasyDict(plugin_opts),
-                                        device, rank=rank, num_gpus=num_gpus)
-    G.requires_grad_(True); D.requires_grad_(True)   # plugins may switch parameters off in setup
+    # ---- Plugins: the resume mode first, then the weights a plugin's setup may need (transfer) -------
+    plugins = plugin_registry.PluginSet.from_names(plugin_names, plugin_opts, device, rank=rank, num_gpus=num_gpus)
     setup_ctx = dnnlib.EasyDict(training_set=training_set, batch_size=batch_size, batch_gpu=batch_gpu,
-        num_gpus=num_gpus, rank=rank, device=device, run_dir=run_dir, resume_data=resume_data,
-        full_resume=full_resume, G_opt_kwargs=G_opt_kwargs, D_opt_kwargs=D_opt_kwargs)
-    plugins.setup(G, D, G_ema, setup_ctx)
-    if full_resume and not setup_ctx.full_resume:   # e.g. transfer from another run's full snapshot
-        log('Resume: a plugin asked for a weights-only resume; counters, optimizers and RNG start fresh')
-        full_resume, resume_state = False, None
-    if resume_data is not None and not full_resume:
+        num_gpus=num_gpus, rank=rank, device=device, run_dir=run_dir, resume_data=plan.data,
+        G_opt_kwargs=G_opt_kwargs, D_opt_kwargs=D_opt_kwargs)
+    plan.decide(plugins, setup_ctx)
+    setup_ctx.full_resume = plan.full
+    plan.load_weights(G, D, G_ema, report=plan.mode == 'weights')
+    if plan.mode == 'weights':
         ema_rampup = None   # transfer from weights only: the new run starts with a full-length EMA
-    if full_resume:   # again after setup, so modules a plugin added are filled from the snapshot too
-        copy_resume_weights(resume_data, G, D, G_ema)
+    G.requires_grad_(True); D.requires_grad_(True)   # plugins may switch parameters off in setup
+    plugins.setup(G, D, G_ema, setup_ctx)
+    if plan.full:   # again after setup, so modules a plugin added are filled from the snapshot too
+        plan.load_weights(G, D, G_ema)
     augment_pipe = plugins.augment_pipe
-    # Only a full resume continues p; from a network file without our training state (an upstream
-    # pickle, a transfer source) p starts where the command line says (--p, or 0 for ADA).
-    if full_resume and augment_pipe is not None and resume_data.get('augment_pipe') is not None:
-        copy_matching_params(resume_data['augment_pipe'], augment_pipe)
+    plan.load_augment_pipe(augment_pipe)
 
     # ---- Optimizers, loss, counters -------------------------------------------------------------
     phases = make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
@@ -317,27 +174,25 @@ def training_loop(
     loss = dnnlib.util.construct_class_by_name(device=device, G=G, D=D, plugins=plugins, **loss_kwargs)
     runner = speed_levers.PhaseRunner(functools.partial(phase_step, loss=loss, plugins=plugins, num_gpus=num_gpus),
                                       speed, loss, device, augment_pipe)
-    cur_nimg, cur_tick, batch_idx = 0, 0, 0
-    if full_resume:
-        cur_nimg, cur_tick, batch_idx = restore_training_state(resume_state, phases, plugins, log)
     if num_gpus > 1:
         for module in [G, D, G_ema] + ([augment_pipe] if augment_pipe is not None else []):
             broadcast_module(module)
     training_set_iterator = make_data_iterator(training_set, data_loader_kwargs, batch_per_rank, rank, num_gpus,
-                                               random_seed, device, skip=batch_idx * batch_per_rank, log=log)
+                                               random_seed, device, skip=plan.images_to_skip(batch_per_rank), log=log)
 
     # ---- Outputs ------------------------------------------------------------------------------
     grid = None
     if rank == 0:
         log('Exporting sample images...')
-        grid = export_reals_and_init_fakes(training_set, G, G_ema, run_dir, random_seed, image_grid_max, batch_gpu,
-                                           device, write_init=not full_resume)
+        grid = image_grid.export_reals_and_init_fakes(training_set, G, G_ema, run_dir, random_seed, image_grid_max,
+                                                      batch_gpu, device, write_init=not plan.full)
     log('Initializing logs...')
     stats_collector = training_stats.Collector(regex='.*')
     stats_metrics = dict()
     writer = StatsWriter(run_dir, start_time, log, wandb_project, options) if rank == 0 else None
-    if full_resume:   # last, so nothing above shifts the RNG streams the snapshot continues
-        restore_rng_and_loss(resume_state, loss, rank, num_gpus)
+
+    # ---- Resume: optimizers, plugin states, counters and, last, the RNG streams ------------------
+    cur_nimg, cur_tick, batch_idx = plan.restore(phases, plugins, loss, rank, num_gpus)
 
     # ---- Train --------------------------------------------------------------------------------
     total_nimg = int(total_kimg * 1000)
@@ -375,7 +230,7 @@ def training_loop(
         done = cur_nimg >= total_nimg
         if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + kimg_per_tick * 1000:
             continue
-        rng_state = get_rng_state()     # maintenance below must not disturb the training RNG streams
+        rng_state = snapshot.get_rng_state()     # maintenance below must not disturb the training RNG streams
         tick_end_time = time.time()
         log(' '.join(tick_report(cur_tick, cur_nimg, total_nimg, tick_start_nimg, tick_start_time, tick_end_time, start_time,
                                  maintenance_time, device, plugins)))
@@ -385,10 +240,9 @@ def training_loop(
             log('Aborting...')
 
         if rank == 0 and image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0):
-            save_image_grid(generate_grid(G_ema, grid.z, grid.c, batch_gpu), os.path.join(run_dir, f'fakes{cur_nimg // 1000:06d}.png'),
-                            drange=[-1, 1], grid_size=grid.size)
+            image_grid.save_fakes(G_ema, grid, os.path.join(run_dir, f'fakes{cur_nimg // 1000:06d}.png'), batch_gpu)
         if network_snapshot_ticks is not None and (done or cur_tick % network_snapshot_ticks == 0):
-            snapshot_pkl, snapshot_data = save_snapshot(run_dir, G, D, G_ema, augment_pipe, training_set_kwargs, phases, plugins,
+            snapshot_pkl, snapshot_data = snapshot.save_snapshot(run_dir, G, D, G_ema, augment_pipe, training_set_kwargs, phases, plugins,
                 loss, cur_nimg, cur_tick, batch_idx, rng_state, options, num_gpus, rank, snapshot_keep)
             if len(metrics) > 0:
                 stats_metrics.update(evaluate_metrics(metrics, snapshot_data['G_ema'], snapshot_pkl, run_dir,
@@ -401,7 +255,7 @@ def training_loop(
         if progress_fn is not None:
             progress_fn(cur_nimg, total_nimg)
 
-        set_rng_state(rng_state)
+        snapshot.set_rng_state(rng_state)
         cpu_threads.update()
         cur_tick += 1
         tick_start_nimg, tick_start_time, maintenance_time = start_tick(cur_nimg, tick_end_time)
@@ -440,46 +294,10 @@ def construct_networks(training_set, G_kwargs, D_kwargs, freezed, device):
     G_ema = copy.deepcopy(G).eval()
     return G, D, G_ema
 
-def copy_resume_weights(resume_data, G, D, G_ema, log=None):
-    """Copy G, D, G_ema from the pickle by name and shape; with `log`, report what was left at init."""
-    for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
-        if resume_data.get(name) is None:
-            continue
-        skipped = copy_matching_params(resume_data[name], module)
-        if skipped and log is not None:
-            log(f'Resume: {len(skipped)} tensors of {name} not in the pickle or shaped differently, left at init: '
-                + ', '.join(skipped[:8]) + (' ...' if len(skipped) > 8 else ''))
-
-def restore_training_state(resume_state, phases, plugins, log):
-    """Optimizer moments and plugin states from a full snapshot; returns (cur_nimg, cur_tick, batch_idx)."""
-    for opt_name, opt in [('G_opt', phases[0].opt), ('D_opt', phases[-1].opt)]:
-        configured = [{k: v for k, v in group.items() if k != 'params'} for group in opt.param_groups]
-        try:
-            opt.load_state_dict(resume_state[opt_name])
-        except (ValueError, KeyError) as e:
-            log(f'Resume: {opt_name} state not restored ({e}); starting it fresh')
-        for group, hyper in zip(opt.param_groups, configured):   # moments resume; lr / betas follow this run's config
-            group.update(hyper)
-    plugins.load_state(resume_state.get('plugins', {}))
-    cur_nimg, cur_tick, batch_idx = int(resume_state['cur_nimg']), int(resume_state['cur_tick']), int(resume_state['batch_idx'])
-    log(f'Resume: continuing at kimg {cur_nimg / 1000:.3f}, tick {cur_tick}, iteration {batch_idx}')
-    return cur_nimg, cur_tick, batch_idx
-
-def restore_rng_and_loss(resume_state, loss, rank, num_gpus):
-    """This rank's RNG streams and path-length mean as the snapshot left them."""
-    rank_states = resume_state.get('rank_states')
-    if rank_states is not None and len(rank_states) == num_gpus:
-        set_rng_state(rank_states[rank]['rng'])
-        loss.load_state_dict(rank_states[rank].get('loss'))
-    elif rank == 0 and 'rng' in resume_state:   # saved by a different number of processes
-        set_rng_state(resume_state['rng'])
-        loss.load_state_dict(resume_state.get('loss'))
-
 def make_data_iterator(training_set, data_loader_kwargs, batch_per_rank, rank, num_gpus, random_seed, device, skip, log):
     """Endless iterator of (uint8 images [N, C, H, W], labels [N, c_dim]) for this rank.
     `skip` images are dropped first, so a resumed run reads the stream an uninterrupted run would."""
-    sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed)
-    sampler = _SkippingSampler(sampler, skip=skip)
+    sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed, skip=skip)
     if skip > 0:   # ~2 us per index: seconds even for long runs
         log(f'Resume: fast-forwarding the image stream by {skip} images per process')
     loader_kwargs = dict(data_loader_kwargs)
@@ -488,17 +306,6 @@ def make_data_iterator(training_set, data_loader_kwargs, batch_per_rank, rank, n
     if device.type != 'cuda':
         loader_kwargs.pop('pin_memory', None)
     return iter(torch.utils.data.DataLoader(dataset=training_set, sampler=sampler, batch_size=batch_per_rank, **loader_kwargs))
-
-def export_reals_and_init_fakes(training_set, G, G_ema, run_dir, random_seed, image_grid_max, batch_gpu, device, write_init):
-    """reals.png (and fakes_init.png); returns the grid (size, z, c) used for every fakes*.png."""
-    grid_size, images, labels = setup_snapshot_image_grid(training_set, random_seed, image_grid_max)
-    save_image_grid(images, os.path.join(run_dir, 'reals.png'), drange=[0, 255], grid_size=grid_size)
-    grid = dnnlib.EasyDict(size=grid_size, c=torch.from_numpy(labels).to(device),
-                           z=torch.randn([labels.shape[0], G.z_dim], generator=torch.Generator().manual_seed(random_seed)).to(device))
-    if write_init:
-        save_image_grid(generate_grid(G_ema, grid.z, grid.c, batch_gpu), os.path.join(run_dir, 'fakes_init.png'),
-                        drange=[-1, 1], grid_size=grid.size)
-    return grid
 
 #----------------------------------------------------------------------------
 # The pieces of one iteration and one tick.
@@ -544,17 +351,6 @@ def _timer(device, sync):
         torch.cuda.synchronize(device)
     return time.perf_counter()
 
-@torch.no_grad()
-def generate_grid(G_ema, grid_z, grid_c, batch):
-    """Images of the grid latents, [N, C, H, W] float in ~[-1, 1] on the CPU (noise const)."""
-    images = []
-    for z, c in zip(grid_z.split(batch), grid_c.split(batch)):
-        img = G_ema(z=z, c=c, noise_mode='const')
-        if isinstance(img, (tuple, list)):
-            img = img[0]
-        images.append(img.cpu())
-    return torch.cat(images).numpy()
-
 def start_tick(cur_nimg, busy_since):
     """(images, wall time) at the start of a tick, and the seconds spent outside training since
     `busy_since` (setup, or the previous tick's reports, snapshots and metrics)."""
@@ -597,58 +393,6 @@ def progress_bar(cur_nimg, total_nimg, sec_per_kimg, width=20):
     filled = int(round(frac * width))
     eta = dnnlib.util.format_time(max(total_nimg - cur_nimg, 0) / 1000 * sec_per_kimg)
     return f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}% eta {eta}"
-
-def param_digest(modules):
-    """SHA-1 of all parameter bytes: the snapshot records one per rank, so replicas can be compared."""
-    import hashlib
-    h = hashlib.sha1()
-    for module in modules:
-        for name, p in module.named_parameters():
-            h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-def tensors_to_cpu(obj):
-    """obj with every tensor in it (nested dicts, lists, tuples) on the CPU. Optimizer states hold
-    CUDA tensors; pickled as such, a snapshot would not load on a machine without a GPU and would
-    land on cuda:0 in every process that loads it."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if type(obj) is dict:
-        return {key: tensors_to_cpu(value) for key, value in obj.items()}
-    if type(obj) in (list, tuple):
-        return type(obj)(tensors_to_cpu(value) for value in obj)
-    return obj
-
-def _snapshot_module(module):
-    if module is None:
-        return None
-    return copy.deepcopy(module).eval().requires_grad_(False).cpu()
-
-def save_snapshot(run_dir, G, D, G_ema, augment_pipe, training_set_kwargs, phases, plugins, loss, cur_nimg, cur_tick,
-                  batch_idx, rng_state, options, num_gpus, rank, snapshot_keep):
-    """Write network-snapshot-{kimg:06d}.pkl (rank 0) and return (path, data).
-
-    Besides the upstream keys it holds `resume_state`: what a resumed run needs to continue
-    exactly where this one stopped (optimizers, plugin state, counters, RNG of every rank).
-    """
-    if num_gpus > 1:
-        for module in [G, D, G_ema]:
-            misc.check_ddp_consistency(module, ignore_regex=r'.*\.[^.]+_(avg|ema)')
-    rank_states = gather_objects(dict(rng=rng_state, loss=loss.state_dict(), param_digest=param_digest([G, D, G_ema])), num_gpus)
-    plugin_states = plugins.state_for_snapshot()   # on every rank: a plugin may all-reduce here
-    data = dict(G=_snapshot_module(G), D=_snapshot_module(D), G_ema=_snapshot_module(G_ema),
-                augment_pipe=_snapshot_module(augment_pipe), training_set_kwargs=dict(training_set_kwargs))
-    snapshot_pkl = os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl')
-    if rank == 0:
-        data['resume_state'] = tensors_to_cpu(dict(
-            G_opt=phases[0].opt.state_dict(), D_opt=phases[-1].opt.state_dict(),
-            plugins=plugin_states, cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx,
-            rng=rank_states[0]['rng'], loss=rank_states[0]['loss'], rank_states=rank_states,
-            options=copy.deepcopy(options)))
-        write_pickle_atomic(data, snapshot_pkl)
-        prune_snapshots(run_dir, snapshot_keep)
-    return snapshot_pkl, data
 
 def evaluate_metrics(metrics, G_ema, snapshot_pkl, run_dir, metric_set_kwargs, detector, num_gpus, rank, device, log):
     """Compute each metric on the snapshot's G_ema; rank 0 appends metric-<name>.jsonl."""
