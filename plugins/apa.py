@@ -14,8 +14,6 @@ from plugins import AdaptiveP, Option, Plugin, register
 from plugins.ada import ADA_INTERVAL, DEFAULT_AUGPIPE, DEFAULT_TARGET, build_augment_pipe, check_augpipe, check_target
 from torch_utils import misc, training_stats
 
-REAL_PHASES = ('Dmain', 'Dreg', 'Dboth')    # phases in which D sees the real batch
-GEN_PHASES = ('Gmain', 'Gboth')             # phases whose fakes become the pseudo batch
 
 def mix_batches(real, pseudo, flags):
     """Per-sample choice: row i of the result is pseudo[i] where flags[i] else real[i].
@@ -88,7 +86,7 @@ class APAPlugin(Plugin):
 
     def extra_loss(self, phase, ctx):
         # Capture, not a loss: the fakes G just produced become this round's pseudo batch.
-        if phase in GEN_PHASES and ctx.gen_img is not None:
+        if phase.net == 'G' and phase.main and ctx.gen_img is not None:   # fakes of G's main phase
             if self._new_capture:
                 self.pseudo, self._new_capture, self._d_phase = [], False, None
             self.pseudo.append(ctx.gen_img.detach())
@@ -105,7 +103,7 @@ class APAPlugin(Plugin):
         return self.pseudo[round_idx % len(self.pseudo)]
 
     def replace_real_batch(self, real_img, phase):
-        if phase not in REAL_PHASES:
+        if phase.net != 'D':   # D's phases see the real batch
             return real_img
         pseudo = self._next_pseudo(phase)       # counted even when p is 0, so the rounds stay aligned
         if misc.host_value(self.p) <= 0:      # known on the host unless someone else wrote p

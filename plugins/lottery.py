@@ -15,8 +15,6 @@ from plugins import Option, Plugin, register
 from torch_utils import training_stats
 
 PRUNABLE_LAYERS = ('SynthesisLayer', 'ToRGBLayer', 'Conv2dLayer')   # G's conv kernels
-G_MAIN = ('Gmain', 'Gboth')
-D_MAIN = ('Dmain', 'Dboth')
 
 #----------------------------------------------------------------------------
 # Tickets: masks (True = weight kept) over G's conv kernels.
@@ -244,7 +242,7 @@ class LotteryPlugin(Plugin):
             self.finish_round(state)
 
     def after_backward(self, phase, module):
-        if phase.startswith('G') and self.any_pruned():
+        if phase.net == 'G' and self.any_pruned():
             params = dict(module.named_parameters())
             with torch.no_grad():
                 for name, mask in self.masks.items():
@@ -252,7 +250,7 @@ class LotteryPlugin(Plugin):
                         params[name].grad.masked_fill_(~mask, 0)
 
     def after_step(self, phase, module):
-        if phase.startswith('G') and self.any_pruned():
+        if phase.net == 'G' and self.any_pruned():
             apply_masks(module, self.masks)
 
     def before_ema(self, G, G_ema):
@@ -271,7 +269,7 @@ class LotteryPlugin(Plugin):
         return self.gamma > 0 and not self.searching()
 
     def main_loss_weight(self, phase):
-        if self.advaug_active() and (phase in G_MAIN or phase in D_MAIN):
+        if self.advaug_active() and phase.main:
             return 0.5
         return 1.0
 
@@ -285,15 +283,13 @@ class LotteryPlugin(Plugin):
 
     def extra_loss(self, phase, ctx):
         self.loss = ctx.get('loss')
-        if phase in D_MAIN and ctx.real_logits is not None:
+        if phase.net == 'D' and phase.main and ctx.real_logits is not None:
             training_stats.report('Lottery/D_acc_real', (ctx.real_logits > 0).float())
             training_stats.report('Lottery/D_acc_fake', (ctx.gen_logits < 0).float())
         if not self.advaug_active():
             return None
-        if phase in D_MAIN:
-            return 0.5 * self.D_adv_loss(ctx)
-        if phase in G_MAIN:
-            return 0.5 * self.G_adv_loss(ctx)
+        if phase.main:
+            return 0.5 * (self.D_adv_loss(ctx) if phase.net == 'D' else self.G_adv_loss(ctx))
         return None
 
     def D_adv_loss(self, ctx):

@@ -179,7 +179,7 @@ class ReGANPlugin(Plugin):
         prev_mode = self.mode
         self.mode, self.lr_factor = schedule(state.batch_idx, self.warmup, self.g, self.ref_extra)
         for phase in state.phases:
-            if phase.name.startswith('G') and phase.opt is not None:
+            if phase.name.net == 'G' and phase.opt is not None:
                 for group in phase.opt.param_groups:
                     group['lr'] = phase.lr * self.lr_factor
         entering = self.mode == SPARSE and prev_mode != SPARSE
@@ -187,12 +187,12 @@ class ReGANPlugin(Plugin):
             self.update_masks()
 
     def after_backward(self, phase, module):
-        if self.mode == SPARSE and phase.startswith('G'):
+        if self.mode == SPARSE and phase.net == 'G':
             self.zero_grads()
             self.zero_weights(self.params)
 
     def after_step(self, phase, module):
-        if self.mode == SPARSE and phase.startswith('G'):
+        if self.mode == SPARSE and phase.net == 'G':
             self.zero_weights(self.params)
 
     def before_ema(self, G, G_ema):
@@ -240,7 +240,7 @@ class ReGANPlugin(Plugin):
 
     def end_of_iteration(self, state, stats):
         for phase in state.phases:
-            if phase.name in ('Gmain', 'Gboth') and phase.opt is not None:
+            if phase.name.net == 'G' and phase.name.main and phase.opt is not None:
                 self.G_lr = phase.opt.param_groups[0]['lr']
 
     def state_for_snapshot(self):

@@ -14,7 +14,6 @@ import torch
 from plugins import Option, Plugin, register
 from torch_utils import persistence, training_stats
 
-G_MAIN = ('Gmain', 'Gboth')
 STAGES = ('bn', 'ft')
 COMB_TENSORS = ('E_old', 'A', 'a_bias', 'R')
 DEFAULT_LR = 2e-4       # the reference's CIFAR rate (its ImageNet scripts use 1e-4)
@@ -277,7 +276,7 @@ class TransferPlugin(Plugin):
             param.requires_grad_(name in keep)
 
     def extra_loss(self, phase, ctx):
-        if phase not in G_MAIN:
+        if not (phase.net == 'G' and phase.main):
             return None
         comb_l1, res_l2 = regularizers(ctx.G.mapping.embed)
         training_stats.report('Transfer/comb_l1', comb_l1)

@@ -14,8 +14,6 @@ import torch.nn.functional as F
 from plugins import Option, Plugin, register
 from torch_utils import training_stats
 
-G_MAIN = ('Gmain', 'Gboth')
-D_MAIN = ('Dmain', 'Dboth')
 
 def uc_weights(alpha):
     """(weight of the conditional term, weight of the unconditional term) = (1/(1+a), a/(1+a))."""
@@ -92,30 +90,30 @@ class UTLOPlugin(Plugin):
             self.grid = _tail_first_grid(ctx.training_set, G.z_dim, self.device)
 
     def synthesis_kwargs(self, phase):
-        if self.add_uc and (phase in G_MAIN or phase in D_MAIN):
+        if self.add_uc and phase.main:
             return {'add_uc': True}
         return {}
 
     def main_loss_weight(self, phase):
-        return self.w_main if (phase in G_MAIN or phase in D_MAIN) else 1.0
+        return self.w_main if phase.main else 1.0
 
     def _D_uc(self, ctx, img_low, is_real):
         """Logits of the unconditional head on A(img_low): [N, 1]."""
         return ctx.D(ctx.augment(img_low, is_real), None, uc=True)
 
     def extra_loss(self, phase, ctx):
-        if not self.add_uc or not (phase in G_MAIN or phase in D_MAIN) or not ctx.gen_extra:
+        if not self.add_uc or not phase.main or not ctx.gen_extra:
             return None
         img_uc = ctx.gen_extra[0]
         total = 0
-        if phase in G_MAIN:
+        if phase.net == 'G':
             logits = self._D_uc(ctx, img_uc, False)
             training_stats.report('Loss/scores/fake_uc', logits)
             training_stats.report('Loss/signs/fake_uc', logits.sign())
             loss_uc = F.softplus(-logits)
             training_stats.report('Loss/G/loss_uc', loss_uc)
             total = total + loss_uc.mean()
-        if phase in D_MAIN:
+        if phase.net == 'D':
             logits_fake = self._D_uc(ctx, img_uc.detach(), False)
             training_stats.report('Loss/scores/fake_uc', logits_fake)
             training_stats.report('Loss/signs/fake_uc', logits_fake.sign())

@@ -311,3 +311,13 @@ def test_grad_sanitising_replaces_nan_and_inf():
     sanitize_and_reduce_grads([p, q], num_gpus=1)
     assert p.grad.tolist() == [0.0, 1e5, -1e5, 3.0, -2.0]
     assert q.grad is None
+
+def test_phase_names_carry_network_and_kind():
+    from training.loss import PHASES, Phase
+    table = {name: (Phase(name).net, Phase(name).kind, Phase(name).main, Phase(name).reg, Phase(name).lazy) for name in PHASES}
+    assert table == {'Gmain': ('G', 'main', True, False, False), 'Greg': ('G', 'reg', False, True, True),
+                     'Gboth': ('G', 'both', True, True, False), 'Dmain': ('D', 'main', True, False, False),
+                     'Dreg': ('D', 'reg', False, True, True), 'Dboth': ('D', 'both', True, True, False)}
+    assert Phase('Dreg') == 'Dreg' and {'Dreg': 1}[Phase('Dreg')] == 1 and 'Timing/' + Phase('Gmain') == 'Timing/Gmain'
+    with pytest.raises(ValueError, match='unknown phase'):
+        Phase('Dfoo')

@@ -10,6 +10,7 @@ import plugins
 from plugins import apa
 from torch_utils import training_stats
 import dnnlib
+from training.loss import Phase
 
 def _opts(**kwargs):
     opts = plugins.default_opts()
@@ -25,22 +26,22 @@ def _plugin(p=None, **kwargs):
     return plugin
 
 def _capture(plugin, gen_img):
-    assert plugin.extra_loss('Gmain', dnnlib.EasyDict(gen_img=gen_img)) is None
+    assert plugin.extra_loss(Phase('Gmain'), dnnlib.EasyDict(gen_img=gen_img)) is None
 
 def test_p0_returns_real_batch_unchanged():
     plugin = _plugin(0.0)
     real = torch.randn(16, 3, 8, 8)
     _capture(plugin, torch.randn(16, 3, 8, 8))
-    for phase in ['Dmain', 'Dreg', 'Dboth']:
+    for phase in map(Phase, ['Dmain', 'Dreg', 'Dboth']):
         assert plugin.replace_real_batch(real, phase) is real
 
 def test_p1_returns_exactly_the_pseudo_batch():
     plugin = _plugin(1.0)
     real, fake = torch.randn(16, 3, 8, 8), torch.randn(16, 3, 8, 8)
     _capture(plugin, fake)
-    assert torch.equal(plugin.replace_real_batch(real, 'Dmain'), fake)
+    assert torch.equal(plugin.replace_real_batch(real, Phase('Dmain')), fake)
     # Not in G phases: the G loss never sees the real batch anyway.
-    assert plugin.replace_real_batch(real, 'Gmain') is real
+    assert plugin.replace_real_batch(real, Phase('Gmain')) is real
 
 def test_replaced_fraction_and_per_sample_rows():
     torch.manual_seed(0)
@@ -51,7 +52,7 @@ def test_replaced_fraction_and_per_sample_rows():
     _capture(plugin, fake)
     replaced = 0
     for _ in range(100):    # 1e5 samples
-        out = plugin.replace_real_batch(real, 'Dmain')
+        out = plugin.replace_real_batch(real, Phase('Dmain'))
         is_real = (out == real).flatten(1).all(1)
         is_fake = (out == fake).flatten(1).all(1)
         assert bool((is_real ^ is_fake).all())      # each row is wholly real or wholly pseudo
@@ -62,9 +63,9 @@ def test_pseudo_batch_is_matched_to_the_real_batch_size():
     plugin = _plugin(1.0)
     fake = torch.randn(4, 3, 8, 8)
     _capture(plugin, fake)
-    out = plugin.replace_real_batch(torch.randn(6, 3, 8, 8), 'Dreg')
+    out = plugin.replace_real_batch(torch.randn(6, 3, 8, 8), Phase('Dreg'))
     assert torch.equal(out, fake[[0, 1, 2, 3, 0, 1]])
-    out = plugin.replace_real_batch(torch.randn(2, 3, 8, 8), 'Dreg')
+    out = plugin.replace_real_batch(torch.randn(2, 3, 8, 8), Phase('Dreg'))
     assert torch.equal(out, fake[:2])
 
 def test_d_real_loss_gives_no_gradient_to_G():
@@ -74,7 +75,7 @@ def test_d_real_loss_gives_no_gradient_to_G():
     plugin = _plugin(1.0)
     gen_img = G(torch.randn(8, 8)).view(8, 3, 4, 4)
     _capture(plugin, gen_img)
-    real = plugin.replace_real_batch(torch.randn(8, 3, 4, 4), 'Dmain')
+    real = plugin.replace_real_batch(torch.randn(8, 3, 4, 4), Phase('Dmain'))
     assert not real.requires_grad
     torch.nn.functional.softplus(-D(real)).mean().backward()
     assert all(p.grad is None for p in G.parameters())
@@ -83,7 +84,7 @@ def test_d_real_loss_gives_no_gradient_to_G():
 def test_error_if_flags_fire_before_any_pseudo_batch():
     plugin = _plugin(1.0)
     with pytest.raises(RuntimeError, match='no Gmain fakes'):
-        plugin.replace_real_batch(torch.randn(4, 3, 8, 8), 'Dmain')
+        plugin.replace_real_batch(torch.randn(4, 3, 8, 8), Phase('Dmain'))
 
 def test_controller_raises_p_with_the_ada_step():
     plugin = _plugin(0.0)

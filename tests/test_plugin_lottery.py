@@ -11,6 +11,7 @@ import plugins
 from plugins import lottery
 from training import networks
 from plugin_train_util import run_loss_phase
+from training.loss import Phase
 
 def _nets(seed=0, c_dim=0):
     torch.manual_seed(seed)
@@ -37,8 +38,8 @@ def _setup(run_dir=None, seed=0, **kwargs):
 def _phases(G, D):
     G_opt = torch.optim.Adam(G.parameters(), lr=0.01, betas=(0.0, 0.99))
     D_opt = torch.optim.Adam(D.parameters(), lr=0.01, betas=(0.0, 0.99))
-    return [dnnlib.EasyDict(name='Gmain', module=G, opt=G_opt, interval=1, lr=0.01),
-            dnnlib.EasyDict(name='Dmain', module=D, opt=D_opt, interval=1, lr=0.01)]
+    return [dnnlib.EasyDict(name=Phase('Gmain'), module=G, opt=G_opt, interval=1, lr=0.01),
+            dnnlib.EasyDict(name=Phase('Dmain'), module=D, opt=D_opt, interval=1, lr=0.01)]
 
 def _nonzero_fraction(G, names):
     params = dict(G.named_parameters())
@@ -104,11 +105,11 @@ def test_masked_weights_stay_zero_after_5_steps():
     for _ in range(5):
         opt.zero_grad(set_to_none=True)
         G(torch.randn(2, 16), None).square().mean().backward()
-        plugin.after_backward('Gmain', G)
+        plugin.after_backward(Phase('Gmain'), G)
         params = dict(G.named_parameters())
         assert all(bool((params[n].grad[~m] == 0).all()) for n, m in plugin.masks.items())
         opt.step()
-        plugin.after_step('Gmain', G)
+        plugin.after_step(Phase('Gmain'), G)
         plugin.before_ema(G, G_ema)
     params, ema = dict(G.named_parameters()), dict(G_ema.named_parameters())
     for n, m in plugin.masks.items():

@@ -8,6 +8,7 @@ import torch
 import dnnlib
 import plugins
 from plugins import regan
+from training.loss import Phase
 
 def _opts(**kwargs):
     opts = plugins.default_opts()
@@ -37,19 +38,19 @@ def _setup(seed=0, **kwargs):
     return plugin, G, G_ema
 
 def _state(G, batch_idx, lr=1.0, D=None):
-    phases = [dnnlib.EasyDict(name='Gmain', module=G, opt=torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.99)),
+    phases = [dnnlib.EasyDict(name=Phase('Gmain'), module=G, opt=torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.99)),
                               interval=1, lr=lr)]
     if D is not None:
-        phases.append(dnnlib.EasyDict(name='Dmain', module=D, opt=torch.optim.Adam(D.parameters(), lr=lr), interval=1, lr=lr))
+        phases.append(dnnlib.EasyDict(name=Phase('Dmain'), module=D, opt=torch.optim.Adam(D.parameters(), lr=lr), interval=1, lr=lr))
     return dnnlib.EasyDict(batch_idx=batch_idx, cur_nimg=batch_idx * 4, batch_size=4, phases=phases)
 
 def _g_step(plugin, G, G_ema, opt):
     opt.zero_grad(set_to_none=True)
     G.loss().backward()
-    plugin.after_backward('Gmain', G)
+    plugin.after_backward(Phase('Gmain'), G)
     grads = {n: p.grad.clone() for n, p in G.named_parameters()}
     opt.step()
-    plugin.after_step('Gmain', G)
+    plugin.after_step(Phase('Gmain'), G)
     plugin.before_ema(G, G_ema)
     with torch.no_grad():
         for p_ema, p in zip(G_ema.parameters(), G.parameters()):
@@ -161,7 +162,7 @@ def test_D_is_never_masked():
     D = torch.nn.Linear(4, 4)
     D(torch.randn(2, 4)).square().sum().backward()
     before = [p.detach().clone() for p in D.parameters()] + [p.grad.clone() for p in D.parameters()]
-    for phase in ['Dmain', 'Dreg', 'Dboth']:
+    for phase in map(Phase, ['Dmain', 'Dreg', 'Dboth']):
         plugin.after_backward(phase, D)
         plugin.after_step(phase, D)
     after = [p.detach() for p in D.parameters()] + [p.grad for p in D.parameters()]

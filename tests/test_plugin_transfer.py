@@ -10,6 +10,7 @@ import dnnlib
 import plugins
 from plugins import transfer
 from training import networks
+from training.loss import Phase
 
 N_OLD, N_NEW, FEAT = 3, 2, 16
 
@@ -135,9 +136,9 @@ def test_regulariser_values_on_hand_set_tensors():
         emb.R.fill_(2.0)                                             # mean R^2 = 4
     comb_l1, res_l2 = transfer.regularizers(emb)
     assert float(comb_l1.detach()) == pytest.approx(1 + 2 / 3) and float(res_l2.detach()) == pytest.approx(4)
-    term = plugin.extra_loss('Gmain', dnnlib.EasyDict(G=G_new))
+    term = plugin.extra_loss(Phase('Gmain'), dnnlib.EasyDict(G=G_new))
     assert float(term.detach()) == pytest.approx(0.01 * (1 + 2 / 3) + 0.1 * 4)
-    assert plugin.extra_loss('Dmain', dnnlib.EasyDict(G=G_new)) is None
+    assert plugin.extra_loss(Phase('Dmain'), dnnlib.EasyDict(G=G_new)) is None
 
 @pytest.mark.parametrize('bias', [True, False])
 def test_new_parameter_count(bias):

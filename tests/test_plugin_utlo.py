@@ -13,6 +13,7 @@ import plugins
 from plugins import utlo
 from training import networks
 from plugin_train_util import run_loss_phase
+from training.loss import Phase
 
 C_DIM = 3
 
@@ -76,9 +77,9 @@ def test_alpha3_weights():
 
 def test_r1_and_path_length_only_on_the_main_branch():
     pset = _plugin_set(alpha=1.0)
-    assert pset.synthesis_kwargs('Greg') == {} and pset.synthesis_kwargs('Dreg') == {}
-    assert pset.synthesis_kwargs('Gmain') == {'add_uc': True}
-    assert pset.main_loss_weight('Dreg') == 1.0 and pset.main_loss_weight('Greg') == 1.0
+    assert pset.synthesis_kwargs(Phase('Greg')) == {} and pset.synthesis_kwargs(Phase('Dreg')) == {}
+    assert pset.synthesis_kwargs(Phase('Gmain')) == {'add_uc': True}
+    assert pset.main_loss_weight(Phase('Dreg')) == 1.0 and pset.main_loss_weight(Phase('Greg')) == 1.0
     G, D = _nets()
     ctx_base, grads_base = _run_phase(G, D, plugins.PluginSet([], {}, 'cpu'), 'Dreg')
     ctx_utlo, grads_utlo = _run_phase(G, D, pset, 'Dreg')

@@ -12,8 +12,24 @@ from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
-LAZY_PHASES = ('Greg', 'Dreg')
 REG_GAINS = ('interval', 'none')
+
+class Phase(str):
+    """A phase name that knows what the phase trains: `net` 'G' or 'D' and `kind` 'main' (the
+    adversarial term), 'reg' (the lazy regulariser) or 'both' (the two in one step, when the
+    regularisation interval is None). A str: it prints, compares and keys as its name."""
+    def __new__(cls, name):
+        if isinstance(name, Phase):
+            return name
+        if name not in PHASES:
+            raise ValueError(f'unknown phase {name!r}; one of {", ".join(PHASES)}')
+        return super().__new__(cls, name)
+
+    net = property(lambda self: str(self)[0])
+    kind = property(lambda self: str(self)[1:])
+    main = property(lambda self: self.kind != 'reg', doc='computes the adversarial term')
+    reg = property(lambda self: self.kind != 'main', doc='computes the regulariser')
+    lazy = property(lambda self: self.kind == 'reg', doc='a regulariser run every k iterations')
 
 #----------------------------------------------------------------------------
 
@@ -194,13 +210,13 @@ class StyleGAN2Loss:
         gain: multiplier on the whole phase loss (the regularisation interval for lazy phases).
         Returns the ctx (EasyDict) that extra_loss saw, for tests and diagnostics.
         """
-        assert phase in PHASES, f'unknown phase {phase}'
-        if self.reg_gain == 'none' and phase in LAZY_PHASES:
+        phase = Phase(phase)
+        if self.reg_gain == 'none' and phase.lazy:
             gain = 1
-        do_Gmain = phase in ('Gmain', 'Gboth')
-        do_Gpl = phase in ('Greg', 'Gboth') and self.pl_weight != 0
-        do_Dmain = phase in ('Dmain', 'Dboth')
-        do_Dr1 = phase in ('Dreg', 'Dboth') and self.r1_gamma != 0
+        do_Gmain = phase.net == 'G' and phase.main
+        do_Gpl = phase.net == 'G' and phase.reg and self.pl_weight != 0
+        do_Dmain = phase.net == 'D' and phase.main
+        do_Dr1 = phase.net == 'D' and phase.reg and self.r1_gamma != 0
         ctx, synthesis_kwargs = self._new_ctx(phase, gain, gen_z, gen_c, real_c)
         ctx.cur_nimg = cur_nimg
         weight = self.plugins.main_loss_weight(phase) if (do_Gmain or do_Dmain) else 1.0

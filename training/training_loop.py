@@ -20,6 +20,7 @@ from torch_utils import misc
 from torch_utils import training_stats
 from training import image_grid, snapshot
 from training import speed as speed_levers
+from training.loss import Phase
 from training.run_log import StatsWriter
 
 #----------------------------------------------------------------------------
@@ -59,14 +60,14 @@ def make_optimizer_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_re
             opt_kwargs.betas = [float(beta) for beta in opt_kwargs.betas]
         if reg_interval is None:
             opt = dnnlib.util.construct_class_by_name(params=trainable, **opt_kwargs)
-            phases.append(dnnlib.EasyDict(name=name + 'both', module=module, opt=opt, interval=1, lr=opt_kwargs.lr, trainable=trainable))
+            phases.append(dnnlib.EasyDict(name=Phase(name + 'both'), module=module, opt=opt, interval=1, lr=opt_kwargs.lr, trainable=trainable))
             continue
         ratio = reg_interval / (reg_interval + 1)
         opt_kwargs.lr = opt_kwargs.lr * ratio
         opt_kwargs.betas = [beta ** ratio for beta in opt_kwargs.betas]
         opt = dnnlib.util.construct_class_by_name(params=trainable, **opt_kwargs)
-        phases.append(dnnlib.EasyDict(name=name + 'main', module=module, opt=opt, interval=1, lr=opt_kwargs.lr, trainable=trainable))
-        phases.append(dnnlib.EasyDict(name=name + 'reg', module=module, opt=opt, interval=reg_interval, lr=opt_kwargs.lr, trainable=trainable))
+        phases.append(dnnlib.EasyDict(name=Phase(name + 'main'), module=module, opt=opt, interval=1, lr=opt_kwargs.lr, trainable=trainable))
+        phases.append(dnnlib.EasyDict(name=Phase(name + 'reg'), module=module, opt=opt, interval=reg_interval, lr=opt_kwargs.lr, trainable=trainable))
     return phases
 
 def update_ema(G, G_ema, cur_nimg, batch_size, ema_kimg, ema_rampup):
