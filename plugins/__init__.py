@@ -174,8 +174,13 @@ class Plugin:
         return 1.0
 
     def extra_loss(self, phase, ctx):
-        """Return a scalar tensor added to the phase loss, or None."""
+        """Return a scalar tensor added to the phase loss, or None. Loss terms only: what a plugin
+        wants to observe of the phase belongs in after_phase."""
         return None
+
+    def after_phase(self, phase, ctx):
+        """One round of a phase was computed and back-propagated: observe its ctx (APA keeps G's
+        fakes, the lottery its loss); nothing to return."""
 
     def after_backward(self, phase, module):
         """After loss.backward(), before the optimizer step (mask gradients)."""
@@ -202,6 +207,10 @@ class Plugin:
     def report_stats(self):
         """Report per-tick statistics with training_stats.report0 (called once per tick)."""
 
+    def on_tick(self, state, tick):
+        """At the end of every tick, where the loop writes its images and snapshots: tick.done (the
+        last tick), tick.save_images (the loop writes fakes*.png now), tick.run_dir."""
+
     def status_text(self):
         """A few words on this plugin's state for the console's tick line, e.g. 'augment 0.125' ('' = none)."""
         return ''
@@ -216,8 +225,8 @@ class PluginSet:
             p.plugin_set = self     # a plugin that resets D tells the others through on_D_rewind()
         self._impl = {}
         for hook in ['resume_mode', 'setup', 'on_iteration_start', 'replace_real_batch', 'augment_D_input',
-                     'synthesis_kwargs', 'main_loss_weight', 'extra_loss', 'after_backward',
-                     'after_step', 'before_ema', 'end_of_iteration', 'on_D_rewind', 'report_stats', 'status_text']:
+                     'synthesis_kwargs', 'main_loss_weight', 'extra_loss', 'after_phase', 'after_backward',
+                     'after_step', 'before_ema', 'end_of_iteration', 'on_D_rewind', 'report_stats', 'on_tick', 'status_text']:
             self._impl[hook] = [p for p in self.plugins if getattr(type(p), hook) is not getattr(Plugin, hook)]
 
     @classmethod
@@ -284,6 +293,10 @@ class PluginSet:
                 total = term if total is None else total + term
         return total
 
+    def after_phase(self, phase, ctx):
+        for p in self._impl['after_phase']:
+            p.after_phase(phase, ctx)
+
     def after_backward(self, phase, module):
         for p in self._impl['after_backward']:
             p.after_backward(phase, module)
@@ -307,6 +320,10 @@ class PluginSet:
     def report_stats(self):
         for p in self._impl['report_stats']:
             p.report_stats()
+
+    def on_tick(self, state, tick):
+        for p in self._impl['on_tick']:
+            p.on_tick(state, tick)
 
     def status_text(self):
         """The active plugins' status words, in run order, empty ones left out."""

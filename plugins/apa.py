@@ -84,13 +84,12 @@ class APAPlugin(Plugin):
                                         speed_kimg=opts.get('ada_kimg') or 500, interval=ADA_INTERVAL,
                                         stat_name='Loss/signs/real')
 
-    def extra_loss(self, phase, ctx):
-        # Capture, not a loss: the fakes G just produced become this round's pseudo batch.
-        if phase.net == 'G' and phase.main and ctx.gen_img is not None:   # fakes of G's main phase
+    def after_phase(self, phase, ctx):
+        # The fakes G's main phase just produced become this round's pseudo batch.
+        if phase.net == 'G' and phase.main and ctx.gen_img is not None:
             if self._new_capture:
                 self.pseudo, self._new_capture, self._d_phase = [], False, None
             self.pseudo.append(ctx.gen_img.detach())
-        return None
 
     def _next_pseudo(self, phase):
         """The fakes of the Gmain round matching this D round (rounds counted per D phase), or None."""

@@ -281,11 +281,13 @@ class LotteryPlugin(Plugin):
             return -1.0         # G's loss softplus(-l) grows as the fake logit falls
         return -1.0 if is_real else 1.0
 
-    def extra_loss(self, phase, ctx):
-        self.loss = ctx.get('loss')
+    def after_phase(self, phase, ctx):
+        self.loss = ctx.get('loss')     # a round's end resets its path-length mean
         if phase.net == 'D' and phase.main and ctx.real_logits is not None:
             training_stats.report('Lottery/D_acc_real', (ctx.real_logits > 0).float())
             training_stats.report('Lottery/D_acc_fake', (ctx.gen_logits < 0).float())
+
+    def extra_loss(self, phase, ctx):
         if not self.advaug_active():
             return None
         if phase.main:

@@ -78,8 +78,6 @@ class UTLOPlugin(Plugin):
         self.run_dir = None
         self.G_ema = None
         self.grid = None
-        self.cur_nimg = 0
-        self.cur_tick = 0
 
     def setup(self, G, D, G_ema, ctx):
         if not getattr(G, 'res_uc', 0) or not getattr(D, 'res_uc', 0):
@@ -129,13 +127,10 @@ class UTLOPlugin(Plugin):
 
     # --- fakes_uc grids ---------------------------------------------------------------------
 
-    def end_of_iteration(self, state, stats):
-        self.cur_nimg, self.cur_tick = state.cur_nimg, state.cur_tick
-
-    def report_stats(self):
-        # Called once per tick (after end_of_iteration): the img_uc grid on the image-snapshot schedule.
-        if self.grid is not None and self.cur_tick % self.grid_ticks == 0:
-            save_uc_grid(self.G_ema, self.grid, os.path.join(self.run_dir, f'fakes_uc{self.cur_nimg // 1000:06d}.png'))
+    def on_tick(self, state, tick):
+        # The img_uc grid every grid_ticks ticks (the image-snapshot schedule by default) and at the end.
+        if self.grid is not None and (tick.done or state.cur_tick % self.grid_ticks == 0):
+            save_uc_grid(self.G_ema, self.grid, os.path.join(self.run_dir, f'fakes_uc{state.cur_nimg // 1000:06d}.png'))
 
 def _tail_first_grid(training_set, z_dim, device, rows=8, seed=0):
     """Latents and labels for the fakes_uc grid: one row per class, tail classes first (as in the ref)."""

@@ -26,7 +26,7 @@ def _plugin(p=None, **kwargs):
     return plugin
 
 def _capture(plugin, gen_img):
-    assert plugin.extra_loss(Phase('Gmain'), dnnlib.EasyDict(gen_img=gen_img)) is None
+    plugin.after_phase(Phase('Gmain'), dnnlib.EasyDict(gen_img=gen_img))
 
 def test_p0_returns_real_batch_unchanged():
     plugin = _plugin(0.0)
@@ -195,7 +195,7 @@ def test_each_D_round_gets_its_own_gmain_round_fakes(tmp_path, monkeypatch):
     Dmain phase become 16 distinct fakes, those of Gmain round r in D round r; Dreg reuses them."""
     from plugin_train_util import make_dataset, tiny_config, train
     seen, made = [], []
-    replace, capture = apa.APAPlugin.replace_real_batch, apa.APAPlugin.extra_loss
+    replace, capture = apa.APAPlugin.replace_real_batch, apa.APAPlugin.after_phase
     def recording_replace(self, real_img, phase):
         out = replace(self, real_img, phase)
         seen.append((phase, out.detach().clone()))
@@ -205,7 +205,7 @@ def test_each_D_round_gets_its_own_gmain_round_fakes(tmp_path, monkeypatch):
             made.append(ctx.gen_img.detach().clone())
         return capture(self, phase, ctx)
     monkeypatch.setattr(apa.APAPlugin, 'replace_real_batch', recording_replace)
-    monkeypatch.setattr(apa.APAPlugin, 'extra_loss', recording_capture)
+    monkeypatch.setattr(apa.APAPlugin, 'after_phase', recording_capture)
     c = tiny_config(make_dataset(tmp_path / 'data'), tmp_path / 'run', aug='apa', kimg=0.016, apa_fixed_p=1.0)
     c.batch_size, c.batch_gpu = 16, 4
     train(c)

@@ -121,13 +121,14 @@ def test_fakes_uc_grid(tmp_path):
     plugin = utlo.UTLOPlugin(_opts(utlo_grid_ticks=2), 'cpu')
     ts = dnnlib.EasyDict(label_dim=C_DIM)
     plugin.setup(G, D, copy.deepcopy(G).eval(), dnnlib.EasyDict(run_dir=str(tmp_path), training_set=ts))
-    plugin.end_of_iteration(dnnlib.EasyDict(cur_nimg=2000, cur_tick=2), None)
-    plugin.report_stats()
-    plugin.end_of_iteration(dnnlib.EasyDict(cur_nimg=3000, cur_tick=3), None)
-    plugin.report_stats()      # tick 3: not a grid tick
+    tick = dnnlib.EasyDict(done=False, save_images=False, run_dir=str(tmp_path))
+    plugin.on_tick(dnnlib.EasyDict(cur_nimg=2000, cur_tick=2), tick)
+    plugin.on_tick(dnnlib.EasyDict(cur_nimg=3000, cur_tick=3), tick)      # tick 3: not a grid tick
     import PIL.Image
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ['fakes_uc000002.png']
+    plugin.on_tick(dnnlib.EasyDict(cur_nimg=5000, cur_tick=5), dnnlib.EasyDict(tick, done=True))   # the last tick
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['fakes_uc000002.png', 'fakes_uc000005.png']
     img = PIL.Image.open(tmp_path / files[0])
     assert img.size == (8 * 8, C_DIM * 8)     # 8 columns, one row per class, res_uc = 8
 

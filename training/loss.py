@@ -240,6 +240,7 @@ class StyleGAN2Loss:
             total = sum(terms[1:], terms[0])
             ctx.phase_loss = total.detach()
             (total * gain).backward()
+        self.plugins.after_phase(phase, ctx)
         return ctx
 
 #----------------------------------------------------------------------------

@@ -240,8 +240,10 @@ def training_loop(
             log()
             log('Aborting...')
 
-        if rank == 0 and image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0):
+        save_images = image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0)
+        if rank == 0 and save_images:
             image_grid.save_fakes(G_ema, grid, os.path.join(run_dir, f'fakes{cur_nimg // 1000:06d}.png'), batch_gpu)
+        plugins.on_tick(state, dnnlib.EasyDict(done=done, save_images=save_images, run_dir=run_dir))
         if network_snapshot_ticks is not None and (done or cur_tick % network_snapshot_ticks == 0):
             snapshot_pkl, snapshot_data = snapshot.save_snapshot(run_dir, G, D, G_ema, augment_pipe, training_set_kwargs, phases, plugins,
                 loss, cur_nimg, cur_tick, batch_idx, rng_state, options, num_gpus, rank, snapshot_keep)
