@@ -128,15 +128,15 @@ class BlockTimer:
         import torch
         self.first, self.count = first, count
         self.device = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
-        self.start = self.sec = None
+        self.start = self.sec = self.cpu_start = self.cpu_sec = None
 
     def __call__(self, batch_idx):
         if batch_idx == self.first:
             _sync(self.device)
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
         elif batch_idx == self.first + self.count:
             _sync(self.device)
-            self.sec = time.perf_counter() - self.start
+            self.sec, self.cpu_sec = time.perf_counter() - self.start, time.process_time() - self.cpu_start
 
 def peak_gpu_mem_gb():
     import torch
@@ -159,8 +159,8 @@ def run_one(cfg, res, aug, iters, warmup, batch, workers, workdir, train_args, p
         torch.cuda.reset_peak_memory_stats()
     train.run_worker(0, c, None)
     out = dict(cfg=cfg, resolution=res, aug=aug, batch=c.batch_size, batch_gpu=c.batch_gpu, iterations=iters,
-               sec_per_kimg=timer.sec / (iters * c.batch_size / 1000),
-               images_per_sec=iters * c.batch_size / timer.sec, peak_gpu_mem_gb=peak_gpu_mem_gb())
+               sec_per_kimg=timer.sec / (iters * c.batch_size / 1000), cpu_sec_per_kimg=timer.cpu_sec / (iters * c.batch_size / 1000),
+               images_per_sec=iters * c.batch_size / timer.sec, peak_gpu_mem_gb=peak_gpu_mem_gb(), peak_rss_gb=peak_rss_gb())
     if phases:
         c = build_config(cfg, res, aug, batch, workers, workdir, train_args, first + iters)
         c.kimg_per_tick = c.batch_size / 1000 * 0.999   # one tick per iteration
@@ -173,9 +173,64 @@ def run_one(cfg, res, aug, iters, warmup, batch, workers, workdir, train_args, p
         out.update(phase_share=shares['phase_share'], phase_sec_per_iter=shares['phase_sec_per_iter'])
     return out
 
+def run_isolated(argv):
+    """This script with `argv` in a fresh process (its JSON rows): levers that set process
+    state (threads, compile caches, the allocator) cannot leak into the next run, and the
+    peak resident memory it reports is that run's own."""
+    import subprocess
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise click.ClickException(f'run {" ".join(argv)} failed:\n{(proc.stderr or proc.stdout)[-3000:]}')
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
+
+def peak_rss_gb():
+    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+def median(values):
+    return float(np.median(values))
+
+def compare_levers(spec, aug, levers, repeats, child_args):
+    """Each lever in turn (A B C A B C ...), `repeats` rounds, each run in its own process.
+    Returns one summary row per lever: medians, and the median per-round speed-up against
+    the first lever (its time / this lever's time)."""
+    runs = {name: [] for name in levers}
+    for _ in range(repeats):
+        for name in levers:
+            args = child_args + [f'--runs={spec}', f'--augs={aug}', f'--levers={name}', '--repeats=1', '--json', '--no-isolate']
+            runs[name] += run_isolated(args)
+    first = runs[levers[0]]
+    rows = []
+    for name in levers:
+        r = runs[name]
+        rows.append(dict(r[0], lever=name, repeats=len(r),
+            sec_per_kimg=median([x['sec_per_kimg'] for x in r]), cpu_sec_per_kimg=median([x['cpu_sec_per_kimg'] for x in r]),
+            images_per_sec=median([x['images_per_sec'] for x in r]),
+            speedup=median([a['sec_per_kimg'] / b['sec_per_kimg'] for a, b in zip(first, r)]),
+            cpu_speedup=median([a['cpu_sec_per_kimg'] / b['cpu_sec_per_kimg'] for a, b in zip(first, r)]),
+            peak_rss_gb=max(x['peak_rss_gb'] for x in r), peak_gpu_mem_gb=max(x['peak_gpu_mem_gb'] for x in r)))
+    return rows
+
+def print_row(r, as_json):
+    if as_json:
+        print(json.dumps(r), flush=True)
+        return
+    shares = ' '.join(f'{k} {v * 100:.0f}%' for k, v in r.get('phase_share', {}).items())
+    lever = f"{r.get('lever', ''):>16s} " if 'lever' in r else ''
+    extra = ''
+    if 'speedup' in r:
+        extra = f"x{r['speedup']:.2f} (cpu x{r['cpu_speedup']:.2f}, {r['repeats']} runs) rss {r['peak_rss_gb']:.2f} GiB "
+    print(f"{lever}{r['cfg']:>9s} {r['resolution']:>4d}px {r['aug']:>9s} batch {r['batch']:>3d}/{r['batch_gpu']:<3d}: "
+          f"{r['sec_per_kimg']:8.2f} sec/kimg (cpu {r['cpu_sec_per_kimg']:.2f}) {r['images_per_sec']:8.1f} img/s {extra}"
+          f"peak {r['peak_gpu_mem_gb']:.2f} GiB | {shares}", flush=True)
+
 @click.command()
 @click.option('--runs', default='cifar:32,auto:64,paper256:256', show_default=True, help='Comma list of cfg:resolution')
 @click.option('--augs', default='noaug,fixed0.3', show_default=True, help='Comma list of noaug / ada / fixedP (e.g. fixed0.3)')
+@click.option('--levers', default='default', show_default=True, help=f'Comma list of SPEED_LEVERS names: {",".join(SPEED_LEVERS)}')
+@click.option('--repeats', default=1, show_default=True, help='Rounds over the levers (A B A B ...); medians are reported')
+@click.option('--isolate/--no-isolate', default=True, show_default=True, help='Each run in a fresh process (peak RSS per run)')
 @click.option('--iters', default=20, show_default=True, help='Measured iterations per run')
 @click.option('--warmup', default=5, show_default=True, help='Iterations dropped before measuring')
 @click.option('--batch', type=int, default=None, help='Override the preset batch')
@@ -185,28 +240,44 @@ def run_one(cfg, res, aug, iters, warmup, batch, workers, workdir, train_args, p
               help='AugmentPipe.sync_free: the geometric warp without host reads (auto = on for CUDA)')
 @click.option('--phases/--no-phases', default=True, show_default=True, help='Also measure the phase shares (second run)')
 @click.option('--json', 'as_json', is_flag=True, help='Print one JSON object per run instead of a table')
-def main(runs, augs, iters, warmup, batch, workers, train_args, sync_free, phases, as_json):
+def main(runs, augs, levers, repeats, isolate, iters, warmup, batch, workers, train_args, sync_free, phases, as_json):
     """Benchmark the training loop."""
+    levers = train.parse_comma_list(levers)
+    unknown = [name for name in levers if name not in SPEED_LEVERS]
+    if unknown or not levers:
+        raise click.UsageError(f'--levers: unknown {", ".join(unknown) or "(none given)"}; choose from {", ".join(SPEED_LEVERS)}')
+    if isolate:
+        child_args = [f'--iters={iters}', f'--warmup={warmup}', f'--workers={workers}', f'--train-args={train_args}',
+                      f'--sync-free={sync_free}', '--phases' if phases else '--no-phases'] + ([f'--batch={batch}'] if batch else [])
+        results = []
+        for spec in train.parse_comma_list(runs):
+            for aug in train.parse_comma_list(augs):
+                for r in compare_levers(spec, aug, levers, repeats, child_args):
+                    print_row(r, as_json)
+                    results.append(r)
+        return results
     from training.augment import AugmentPipe
     AugmentPipe.sync_free = dict(auto=None, on=True, off=False)[sync_free]
     results = []
     with tempfile.TemporaryDirectory() as workdir:
-        for spec in train.parse_comma_list(runs):
-            cfg, _, res = spec.partition(':')
-            for aug in train.parse_comma_list(augs):
-                import contextlib
-                import io
-                log = io.StringIO()
-                with contextlib.redirect_stdout(log):
-                    r = run_one(cfg, int(res or 32), aug, iters, warmup, batch, workers, workdir, shlex.split(train_args), phases)
-                results.append(r)
-                if as_json:
-                    print(json.dumps(r), flush=True)
-                else:
-                    shares = ' '.join(f'{k} {v * 100:.0f}%' for k, v in r.get('phase_share', {}).items())
-                    print(f"{cfg:>9s} {r['resolution']:>4d}px {aug:>9s} batch {r['batch']:>3d}/{r['batch_gpu']:<3d}: "
-                          f"{r['sec_per_kimg']:8.2f} sec/kimg {r['images_per_sec']:8.1f} img/s "
-                          f"peak {r['peak_gpu_mem_gb']:.2f} GiB | {shares}", flush=True)
+        for _ in range(repeats):
+            for spec in train.parse_comma_list(runs):
+                cfg, _, res = spec.partition(':')
+                for aug in train.parse_comma_list(augs):
+                    for name in levers:
+                        import contextlib
+                        import io
+                        log = io.StringIO()
+                        try:   # train.py's Logger takes over both streams: both are restored on leaving
+                            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                                r = run_one(cfg, int(res or 32), aug, iters, warmup, batch, workers, workdir,
+                                            shlex.split(train_args) + SPEED_LEVERS[name], phases)
+                        except Exception as err:
+                            raise click.ClickException(f'{spec} {aug} {name}: {type(err).__name__}: {err}\n'
+                                                       f'{log.getvalue()[-2000:]}') from err
+                        r['lever'] = name
+                        results.append(r)
+                        print_row(r, as_json)
     return results
 
 if __name__ == '__main__':

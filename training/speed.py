@@ -123,9 +123,12 @@ def bf16_autocast(device_type):
             ctx = torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
             ctx.__enter__()
             stack.append(ctx)
-    def leave(module, _args, _out):
-        if BF16_CLASSES.get(type(module).__name__) is not None:
+    def leave(module, _args, out):
+        enabled = BF16_CLASSES.get(type(module).__name__)
+        if enabled is not None:
             stack.pop().__exit__(None, None, None)
+            if enabled and isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16:
+                return out.float()   # between layers (residual sums, resampling, the blocks' dtype checks): fp32
     handles = [torch.nn.modules.module.register_module_forward_pre_hook(enter),
                torch.nn.modules.module.register_module_forward_hook(leave)]
     try:
