@@ -18,6 +18,7 @@ OPTIM_IMPLS = ('loop', 'foreach', 'fused')
 # gradient itself (path length d|J^T y|/dw, R1 d|dD/dx|^2/dtheta): AOTAutograd's compiled
 # backward is not differentiable again, so those phases run the eager networks.
 COMPILED_PHASES = ('Gmain', 'Dmain')
+COMPILE_BACKEND = 'inductor'    # the tests swap in 'aot_eager' (same tracing, no code generation)
 
 #----------------------------------------------------------------------------
 # Resolving the options (train.py and the tests share this).
@@ -149,7 +150,7 @@ class _CompiledView:
     def __init__(self, module, names):
         self._module = module
         for name in names:
-            setattr(self, name, torch.compile(getattr(module, name), dynamic=False))
+            setattr(self, name, torch.compile(getattr(module, name), backend=COMPILE_BACKEND, dynamic=False))
 
     def __getattr__(self, name):
         return getattr(self._module, name)
@@ -173,6 +174,10 @@ class PhaseRunner:
         self.augment_pipe = augment_pipe
         self.views = None
         if self.speed['compile']:
+            # Draw the noise with torch's own generator, so the random streams stay those of an
+            # eager run (inductor's default RNG draws other numbers).
+            from torch._inductor import config as inductor_config
+            inductor_config.fallback_random = True
             self.views = (_CompiledView(loss.G, ['mapping', 'synthesis']), _CompiledView(loss.D, ['features', 'head']))
         self.graphs = CudaGraphs(self) if self.speed['cuda_graphs'] else None
 
