@@ -158,8 +158,14 @@ def phase_grads(G, D, runner, phase_name, seed=3):
     module.zero_grad(set_to_none=True)
     return grads, used
 
+# aot_eager traces and differentiates exactly what inductor would compile, in seconds; inductor
+# itself (C++ code generation for G and D in two grad modes) costs ~100 CPU seconds, more than
+# this suite's budget: TEST_INDUCTOR=1 runs it too.
+BACKENDS = ['aot_eager', pytest.param('inductor', marks=pytest.mark.skipif(
+    not os.environ.get('TEST_INDUCTOR'), reason='~100 CPU seconds of code generation; TEST_INDUCTOR=1 runs it'))]
+
 @pytest.mark.slow
-@pytest.mark.parametrize('backend', ['aot_eager', 'inductor'])
+@pytest.mark.parametrize('backend', BACKENDS)
 def test_compile_matches_eager_in_the_main_phases(backend, monkeypatch):
     from training.loss import StyleGAN2Loss
     monkeypatch.setattr(speed, 'COMPILE_BACKEND', backend)
