@@ -439,7 +439,7 @@ def speed_click_options():
         click.Option(['--compile'], help='torch.compile the networks\' forward passes in Gmain / Dmain (the R1 and '
                      'path-length phases need double backward and run eager)', type=bool, default=False, metavar='BOOL'),
         click.Option(['--cuda-graphs', 'cuda_graphs'], help='Replay each phase step from a CUDA graph (GPU only; --aug '
-                     'noaug/fixed/diffaug/ada without --method)', type=bool, default=False, metavar='BOOL'),
+                     'noaug/fixed/diffaug without --method)', type=bool, default=False, metavar='BOOL'),
     ]
 
 class BatchGpu(click.ParamType):
@@ -454,7 +454,7 @@ class BatchGpu(click.ParamType):
                 self.fail(f'{value!r} is neither a number nor "all"', param, ctx)
         return 'all'
 
-CUDA_GRAPH_AUGS = ('noaug', 'fixed', 'diffaug', 'ada')
+CUDA_GRAPH_AUGS = ('noaug', 'fixed', 'diffaug')   # p fixed: ADA / APA move it every 4 iterations
 
 def configure_speed(kw, c):
     """Fold the speed levers into c; refuse the ones this device or configuration cannot run."""

@@ -203,55 +203,53 @@ class PhaseRunner:
             self.loss.G, self.loss.D = G, D
 
 class CudaGraphs:
-    """One CUDA graph per (phase, host-side state) of PhaseRunner.step.
+    """One CUDA graph per phase of PhaseRunner.step, for one host-side state at a time.
 
     Inputs are copied into static buffers before every replay. What the step decides on the
-    host is part of the key: the augmentation probability (AugmentPipe skips all work at p = 0
-    and turns p into launch parameters), so a graph is recaptured when p changes (ADA / APA
-    every few iterations: there it only pays while p stays put). Warm-up: WARMUP eager runs of
-    each key on a side stream (lazy initialisation, optimizer state, cuDNN autotuning) before
-    the capture; the capture records without computing, so the capturing call replays once.
+    host is part of the state: the augmentation probability (AugmentPipe skips all work at
+    p = 0 and turns p into launch parameters), so a graph is dropped and recaptured when p
+    changes (train.py therefore allows graphs only where p is fixed). Warm-up: WARMUP eager
+    runs on a side stream (lazy initialisation, optimizer state, cuDNN autotuning) before the
+    capture; the capture records without computing, so the capturing call replays once.
     """
     WARMUP = 3
 
     def __init__(self, runner):
         self.runner = runner
-        self.seen = {}      # key -> eager runs so far
-        self.graphs = {}    # key -> (graph, static inputs)
+        self.graphs = {}    # phase name -> (state, eager runs in this state, graph or None, static inputs)
 
-    def key(self, phase):
+    def state(self):
         pipe = self.runner.augment_pipe
-        p = None
-        if pipe is not None and hasattr(pipe, 'p'):
-            from torch_utils import misc
-            p = misc.host_value(pipe.p)
-        return (phase.name, p)
+        if pipe is None or not hasattr(pipe, 'p'):
+            return None
+        from torch_utils import misc
+        return misc.host_value(pipe.p)
 
     def run(self, phase, *inputs):
-        key = self.key(phase)
-        if key in self.graphs:
-            graph, static = self.graphs[key]
+        state = self.state()
+        entry = self.graphs.get(phase.name)
+        if entry is None or entry[0] != state:
+            entry = (state, 0, None, None)
+        state, runs, graph, static = entry
+        if graph is not None:
             _copy_into(static, inputs[:-1])
             graph.replay()
             return
-        self.seen[key] = self.seen.get(key, 0) + 1
-        stream = torch.cuda.Stream(self.runner.device)
-        stream.wait_stream(torch.cuda.current_stream(self.runner.device))
+        device = self.runner.device
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
-            if self.seen[key] <= self.WARMUP:
+            if runs < self.WARMUP:
                 self.runner.eager(phase, *inputs)
             else:
-                self.graphs[key] = self.capture(phase, inputs)
-        torch.cuda.current_stream(self.runner.device).wait_stream(stream)
-        if key in self.graphs:
-            self.graphs[key][0].replay()
-
-    def capture(self, phase, inputs):
-        static = _clone_inputs(inputs[:-1])
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.runner.eager(phase, *static, inputs[-1])
-        return graph, static
+                static = _clone_inputs(inputs[:-1])
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.runner.eager(phase, *static, inputs[-1])
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graphs[phase.name] = (state, runs + 1, graph, static)
+        if graph is not None:
+            graph.replay()
 
 def _clone_inputs(inputs):
     """Static copies of (real_img rounds, real_c rounds, gen_z rounds, gen_c rounds)."""
