@@ -11,7 +11,7 @@ import train_speed  # noqa: E402
 
 def test_train_speed_reports_throughput_and_phase_shares():
     result = CliRunner().invoke(train_speed.main, ['--runs=tiny:16', '--augs=noaug,fixed0.3', '--iters=2', '--warmup=1',
-                                                   '--workers=0', '--json', '--train-args=--batch-gpu=4'])
+                                                   '--workers=0', '--json', '--train-args=--batch-gpu=4', '--no-isolate'])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.startswith('{')]
     assert [r['aug'] for r in rows] == ['noaug', 'fixed0.3']
