@@ -21,7 +21,6 @@ import torch
 
 import dnnlib
 import plugins as plugin_registry
-from plugins.ada import DEFAULT_AUGPIPE, DEFAULT_TARGET
 
 #----------------------------------------------------------------------------
 # Presets (methods.md section 0). fmaps scales channel_base = fmaps * 32768.
@@ -348,14 +347,10 @@ class HelpShowsFirstSpelling(click.Option):
             self.opts = spellings
 
 def plugin_click_options():
-    """click.Option objects for every registered plugin option (first registration wins); each
+    """click.Option objects for every registered plugin option (each declared by one plugin); each
     also accepts its underscore spelling."""
-    seen = set()
     params = []
     for plugin_name, opt in plugin_registry.all_options():
-        if opt.key in seen:
-            continue
-        seen.add(opt.key)
         decls = [f'--{opt.name}'] + ([f'--{opt.key}'] if opt.key != opt.name else []) + [opt.key]
         param = HelpShowsFirstSpelling(decls, type=opt.type, default=opt.default, show_default=True, help=opt.help)
         param.plugin_group = plugin_name
@@ -373,27 +368,13 @@ def typed_options():
 def configure_methods(kw, c):
     """Validate --aug / --method and their options, then let each active plugin edit c.
     Returns (active plugin classes, opts)."""
-    methods = parse_comma_list(kw.method)
-    opts = dnnlib.EasyDict({k: kw[k] for k in plugin_registry.default_opts() if k in kw})
-    opts.update(aug=kw.aug, methods=methods, p=kw.p, target=kw.target, augpipe=kw.augpipe,
-                ada_kimg=100 if kw.resume not in (None, 'noresume') else 500,
-                batch_size=c.batch_size, batch_gpu=c.batch_gpu, total_kimg=c.total_kimg)
+    values = {k: kw[k] for k in plugin_registry.default_opts() if k in kw}
+    values.update(p=kw.p, target=kw.target, augpipe=kw.augpipe)
     try:
-        active = plugin_registry.resolve(kw.aug, methods, opts, given=typed_options() & set(opts))
+        return plugin_registry.configure(c, kw.aug, parse_comma_list(kw.method), values, given=typed_options(),
+                                         resuming=kw.resume not in (None, 'noresume'))
     except ValueError as err:
         raise click.UsageError(str(err))
-    if opts.target is None:
-        opts.target = DEFAULT_TARGET
-    if opts.augpipe is None:
-        opts.augpipe = DEFAULT_AUGPIPE
-    for cls in active:
-        try:
-            cls.configure(c, opts)
-        except ValueError as err:
-            raise click.UsageError(f'{cls.name}: {err}')
-    c.plugin_names = [cls.name for cls in active]
-    c.plugin_opts = dict(opts)
-    return active, opts
 
 def configure_metrics(kw, c):
     """--metrics (validated names), --detector and --metricdata."""

@@ -39,6 +39,11 @@ def register(name):
             return cls
         if name in _registry and _registry[name] is not cls:
             raise ValueError(f'plugin name "{name}" registered twice')
+        for other_name, other in _registry.items():
+            taken = {opt.key for opt in other.options} & {opt.key for opt in cls.options}
+            if other_name != name and taken:
+                raise ValueError(f'plugin "{name}" declares option(s) {", ".join(sorted(taken))} that "{other_name}" '
+                                 f'already declares: an option is declared once, by one plugin of the family that reads it')
         cls.name = name
         _registry[name] = cls
         return cls
@@ -108,6 +113,37 @@ def resolve(aug, methods, opts, given=()):
     for cls in active:
         cls.validate(aug, methods, opts)
     return active
+
+def configure(c, aug, methods, values, given=(), resuming=False):
+    """The one place plugin options are resolved, for train.py and the tests alike.
+
+    values: {option key: value} as given (None or absent = not given), including the base
+    family's p / target / augpipe; given: the keys the user typed (each must be read by an
+    active plugin). Fills every default, validates, lets each active plugin edit the config
+    `c` (which needs batch_size, batch_gpu, total_kimg) and records c.plugin_names and
+    c.plugin_opts. Returns (active plugin classes in run order, opts). Raises ValueError with
+    a message naming the fix.
+    """
+    from plugins.ada import DEFAULT_AUGPIPE, DEFAULT_TARGET
+    opts = dnnlib.EasyDict(default_opts())
+    opts.update(p=None, target=None, augpipe=None)
+    opts.update(values)
+    opts.update(aug=aug, methods=list(methods), ada_kimg=100 if resuming else 500,
+                batch_size=c.batch_size, batch_gpu=c.batch_gpu, total_kimg=c.total_kimg)
+    active = resolve(aug, opts.methods, opts, given=set(given) & set(opts))
+    # The base family's defaults are filled after validation, which tells typed from default.
+    if opts.target is None:
+        opts.target = DEFAULT_TARGET
+    if opts.augpipe is None:
+        opts.augpipe = DEFAULT_AUGPIPE
+    for cls in active:
+        try:
+            cls.configure(c, opts)
+        except ValueError as err:
+            raise ValueError(f'{cls.name}: {err}') from None
+    c.plugin_names = [cls.name for cls in active]
+    c.plugin_opts = dict(opts)
+    return active, opts
 
 #----------------------------------------------------------------------------
 # Base class: every hook is a no-op, so a plugin implements only what it needs.

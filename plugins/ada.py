@@ -59,7 +59,7 @@ class _AugmentBase(Plugin):
             misc.set_host_value(self.augment_pipe.p, float(state['p']))
 
 @register('ada')
-class ADA(_AugmentBase):
+class ADAPlugin(_AugmentBase):
     """Adaptive p: every 4 iterations p moves by sign(E[sign(D(real))] - target) * B * 4 / (ada_kimg * 1000)."""
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
@@ -104,7 +104,7 @@ class ADA(_AugmentBase):
 #----------------------------------------------------------------------------
 
 @register('fixed')
-class FixedP(_AugmentBase):
+class FixedPlugin(_AugmentBase):
     """Constant p = --p."""
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
@@ -133,7 +133,7 @@ class FixedP(_AugmentBase):
         pass    # p is the command-line constant, not the resumed value
 
 @register('noaug')
-class NoAug(Plugin):
+class NoAugPlugin(Plugin):
     """No augmentation: D sees the images as they are."""
     kind = 'aug'
     order = 20

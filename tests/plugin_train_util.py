@@ -1,6 +1,6 @@
 """Helpers for the plugin integration tests: a tiny labelled dataset and a training_loop
 config with small networks (16x16, 32 channels, batch 4), resolved through the plugin
-registry the same way train.py does (validate, configure, describe)."""
+registry by plugins.configure, as train.py does."""
 
 import json
 import os
@@ -12,7 +12,6 @@ import torch
 
 import dnnlib
 import plugins
-from plugins.ada import DEFAULT_AUGPIPE, DEFAULT_TARGET
 from training import training_loop
 from training.loss import StyleGAN2Loss
 
@@ -48,17 +47,7 @@ def tiny_config(data, run_dir, aug='noaug', methods=(), cond=False, kimg=0.012, 
         loss_kwargs=dnnlib.EasyDict(class_name='training.loss.StyleGAN2Loss', r1_gamma=0.05, style_mixing_prob=0.9, pl_weight=2),
         ema_kimg=0.01, kimg_per_tick=0.004, image_snapshot_ticks=None, network_snapshot_ticks=100, image_grid_max=2,
         metrics=[], resume_pkl=None if resume is None else str(resume), device='cpu')
-    opts = dnnlib.EasyDict(plugins.default_opts())
-    opts.update(plugin_opts)
-    opts.update(aug=aug, methods=list(methods), p=opts.get('p'), target=opts.get('target'), augpipe=opts.get('augpipe'),
-                ada_kimg=100 if resume else 500, batch_size=4, batch_gpu=4, total_kimg=kimg)
-    active = plugins.resolve(aug, list(methods), opts)
-    opts.target = DEFAULT_TARGET if opts.target is None else opts.target     # train.py's defaults, after validation
-    opts.augpipe = opts.augpipe or DEFAULT_AUGPIPE
-    for cls in active:
-        cls.configure(c, opts)
-    c.plugin_names = [cls.name for cls in active]
-    c.plugin_opts = dict(opts)
+    active, opts = plugins.configure(c, aug, methods, plugin_opts, resuming=resume is not None)
     c.desc = '-'.join(cls.describe(opts) for cls in active)
     return c
 

@@ -104,3 +104,23 @@ def test_registered_as_aug_family_with_order_and_tags():
     assert reg['ada'].describe(dict(target=0.6, augpipe='bgc')) == 'ada'
     assert reg['ada'].describe(dict(target=0.7, augpipe='bgcfnc')) == 'ada-target0.7-bgcfnc'
     assert reg['fixed'].describe(dict(p=0.25, augpipe='bgc')) == 'fixed-p0.25'
+
+def test_an_option_declared_twice_is_refused_at_registration():
+    import plugins
+    plugins.registry()
+    class Copycat(plugins.Plugin):
+        options = [plugins.Option('alpha', type=float, default=1.0)]     # UTLO's --alpha
+    with pytest.raises(ValueError, match='option.*alpha.*"utlo" already declares'):
+        plugins.register('copycat')(Copycat)
+    assert 'copycat' not in plugins.registry()
+
+def test_configure_fills_every_default_and_prefixes_configure_errors():
+    import dnnlib
+    import plugins
+    c = dnnlib.EasyDict(batch_size=8, batch_gpu=4, total_kimg=1, training_set_kwargs=dict(use_labels=False))
+    active, opts = plugins.configure(c, 'ada', [], {'target': None}, resuming=True)
+    assert [cls.name for cls in active] == c.plugin_names == ['ada']
+    assert (opts.target, opts.augpipe, opts.p, opts.ada_kimg, opts.batch_size) == (0.6, 'bgc', None, 100, 8)
+    assert set(plugins.default_opts()) <= set(c.plugin_opts)
+    with pytest.raises(ValueError, match='^utlo: UTLO is class-conditional'):
+        plugins.configure(dnnlib.EasyDict(c), 'noaug', ['utlo'], {})
