@@ -15,6 +15,7 @@ Projector, style mixing, --wandb and --desc commands are tested with their own i
 """
 
 import glob
+import io
 import json
 import os
 import pickle
@@ -23,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import io
 
 import numpy as np
 import PIL.Image
@@ -318,7 +318,7 @@ def test_upstream_generate_from_urls(world):
     assert 'Downloading' not in out
     assert _pngs(world.path('out')) == [f'seed{s:04d}.png' for s in (85, 265, 297, 600, 601, 602, 603, 604, 605, 849)]
     world.ok(GEN_CIFAR)
-    assert len(_pngs(world.path('out'))) == 10 + 36 - 0   # seeds 0-35 added
+    assert len(_pngs(world.path('out'))) == 10 + 36   # seeds 0-35 added to the 10 above
     img = np.array(PIL.Image.open(world.path('out', 'seed0035.png')))
     assert img.shape == (RES, RES, 3) and img.std() > 0
     code, out = world.run(GEN_CIFAR.adapted.replace(' --class=1', ''))   # a conditional network needs --class
