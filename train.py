@@ -271,14 +271,16 @@ def prebuild_ops():
     custom_ops.prebuild_all(verbose=True)
 
 def default_workers():
-    """DataLoader workers when --workers is not given: min(3, cores - 1). One core stays with the
-    training process; three workers keep a GPU fed with the small PNGs of limited-data sets; on
-    one core, workers would only compete with training, so loading happens in-process (0)."""
+    """DataLoader workers when --workers is not given: min(3, cores). Never more than the cores
+    this process may use (more only contend, and DataLoader warns about it); three keep a GPU fed
+    with the small PNGs of limited-data sets. Fewer is not cheaper: on two cores a tiny CPU run
+    took 1.23x the CPU time with one worker as with two (farm-bench, 2 pairs, loaded machine),
+    the training threads spinning while they wait for a batch."""
     try:
         cores = len(os.sched_getaffinity(0))   # what this process may use (taskset, containers)
     except AttributeError:
         cores = os.cpu_count() or 1
-    return max(0, min(3, cores - 1))
+    return max(1, min(3, cores))
 
 def under_torchrun():
     return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
@@ -605,8 +607,8 @@ def build_cli():
         click.Option(['--nhwc'], help='Use NHWC memory format with FP16', type=bool, default=False, metavar='BOOL'),
         click.Option(['--nobench'], help='Disable cuDNN benchmarking', type=bool, default=False, metavar='BOOL'),
         click.Option(['--allow-tf32', 'allow_tf32'], help='Allow PyTorch to use TF32 internally', type=bool, default=False, metavar='BOOL'),
-        click.Option(['--workers'], help='DataLoader worker processes [default: min(3, cores - 1): 0 on one core, '
-                     'which loads in the training process]', type=int, metavar='INT'),
+        click.Option(['--workers'], help='DataLoader worker processes [default: min(3, cores)]; 0 loads in the '
+                     'training process', type=int, metavar='INT'),
         click.Option(['--desc', '--description', 'desc'], help='Text appended to the run directory name', metavar='TEXT'),
         click.Option(['--wandb', '--wandb_proj', 'wandb'], help='Also log scalars, fakes grids, curves and the config to this '
                      'Weights & Biases project (needs wandb; WANDB_MODE=offline keeps it on disk)', metavar='PROJECT'),

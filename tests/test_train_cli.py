@@ -124,7 +124,7 @@ def test_options_of_active_plugins_and_their_default_values_pass(tmp_path, data)
 
 def test_workers_default_follows_the_cores(tmp_path, data, monkeypatch):
     base = [f'--outdir={tmp_path}', f'--data={data}', '--cfg=tiny', '--metrics=none', '--dry-run']
-    for cores, workers in [(1, 0), (2, 1), (4, 3), (64, 3)]:
+    for cores, workers in [(1, 1), (2, 2), (4, 3), (64, 3)]:
         monkeypatch.setattr(os, 'sched_getaffinity', lambda pid, n=cores: set(range(n)))
         assert train.build_cli().main(base, standalone_mode=False).data_loader_kwargs.num_workers == workers
     assert train.build_cli().main(base + ['--workers=2'], standalone_mode=False).data_loader_kwargs.num_workers == 2

@@ -299,7 +299,7 @@ def test_upstream_training_downloads_its_detector_and_resumes(world, trained):
     fid = _jsonl(run_dir, 'fid64_full')[-1]['results']['fid64_full']
     assert np.isfinite(fid) and fid > 0
     assert os.path.basename(world.snapshot) == 'network-snapshot-000000.pkl'
-    assert 'DataLoader will create' not in out   # --workers defaults below the core count (item 7)
+    assert 'DataLoader will create' not in out   # --workers defaults to at most the core count (item 7)
     with open(world.snapshot, 'rb') as f:
         first = pickle.load(f)['resume_state']['cur_nimg']
     # --resume=~/training-runs/<NAME>/network-snapshot-<INT>.pkl: a full resume continues the counters.
