@@ -10,7 +10,9 @@ metric dataset, offline (no Inception download), and the metrics it gives a gene
 
 N defaults to 1000 (`labelnet_rr`, `labelnet_rr5k`). The classifier only knows what your labels
 taught it: it measures whether samples look like *some labelled class of this dataset*, not
-image quality in general, and its numbers compare runs on the same dataset only. It is trained
+image quality in general, and its numbers compare runs on the same dataset only. Besides the
+reals it is shown noise, smooth colour blobs and flat colours with a uniform target, so that
+"recognised" means "looks like a class", not "the classifier had to pick one". It is trained
 once per dataset (a hash of the dataset's files, the label file and the recipe) and cached in
 `<cache dir>/gan-metrics/`, so snapshots of a run reuse it.
 """
@@ -246,7 +248,10 @@ def score_generated(opts, info, num_gen, metric, batch_size=64):
     gen = torch.Generator().manual_seed(opts.seed * 1000003)
     feats, probs, asked = [], [], []
     info.net.eval()
-    with torch.no_grad():
+    # G's noise inputs draw from the global RNG: seeded here, the same snapshot gives the same
+    # number in train.py and calc_metrics.py, and the training loop's streams are left alone.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(opts.seed)
         for start in range(0, num_gen, batch_size):
             n = min(batch_size, num_gen - start)
             z = torch.randn([n, G.z_dim], generator=gen).to(opts.device)
