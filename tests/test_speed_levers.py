@@ -38,12 +38,7 @@ def test_identical_levers_reproduce_the_training_digest(name, tmp_path, monkeypa
     else:
         np.testing.assert_allclose(got['loss_G'], want['loss_G'], rtol=0, atol=1e-5)
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+one_thread = digest.one_thread       # the digest's fixed-thread fixture, reused
 
 #----------------------------------------------------------------------------
 # Levers that round differently: 50 iterations against plain fp32 / loop Adam.
