@@ -6,8 +6,10 @@ import os
 import pickle
 import shutil
 import subprocess
+import tarfile
 import zipfile
 
+import numpy as np
 import PIL.Image
 import pytest
 
@@ -46,3 +48,23 @@ def compile_host_harness(tmp_path_factory, name, source, include_dir):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     return str(exe)
+
+def write_cifar_tarball(path, root, batches, label_key, names_key, meta_name, n_classes, per_batch=3, balanced=False):
+    """A tarball in the CIFAR python layout: pickled dicts of uint8 [N, 3072] rows and labels, one
+    per batch name, plus the meta file with the class names. Labels are random, or with
+    balanced=True cycle through the classes. Returns {batch: (data, labels)}."""
+    rnd = np.random.RandomState(1)
+    content = {}
+    with tarfile.open(path, 'w:gz') as tar:
+        def add(name, obj):
+            data = pickle.dumps(obj)
+            info = tarfile.TarInfo(f'{root}/{name}')
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for b in batches:
+            data = rnd.randint(0, 256, [per_batch, 3072], dtype=np.uint8)
+            labels = [i % n_classes for i in range(per_batch)] if balanced else rnd.randint(0, n_classes, per_batch).tolist()
+            content[b] = (data, labels)
+            add(b, {b'data': data, label_key: labels, b'batch_label': b'fake'})
+        add(meta_name, {names_key: [f'class{i}'.encode() for i in range(n_classes)]})
+    return content

@@ -3,8 +3,6 @@
 import io
 import json
 import os
-import pickle
-import tarfile
 import zipfile
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
+from helpers import write_cifar_tarball
 from training.dataset import ImageFolderDataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -197,34 +196,17 @@ def test_list_source(tmp_path):
     assert [int(im[0, 0, 0]) for im in images] == [2, 1] and [lab for _, lab in meta['labels']] == [1, 0]
 
 
-def _fake_cifar_tarball(path, root, batches, label_key, names_key, meta_name, n_classes):
-    """A tiny tarball with the CIFAR python layout: pickled dicts of uint8 [N, 3072] rows and labels."""
-    rnd = np.random.RandomState(1)
-    content = {}
-    with tarfile.open(path, 'w:gz') as tar:
-        def add(name, obj):
-            data = pickle.dumps(obj)
-            info = tarfile.TarInfo(f'{root}/{name}')
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for b in batches:
-            data = rnd.randint(0, 256, [3, 3072], dtype=np.uint8)
-            labels = rnd.randint(0, n_classes, 3).tolist()
-            content[b] = (data, labels)
-            add(b, {b'data': data, label_key: labels, b'batch_label': b'fake'})
-        add(meta_name, {names_key: [f'class{i}'.encode() for i in range(n_classes)]})
-    return content
 
 
 @pytest.mark.parametrize('kind', ['cifar10', 'cifar100'])
 def test_cifar_python_archives(tmp_path, kind):
     if kind == 'cifar10':
-        content = _fake_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
+        content = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
                                       [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch'], b'labels',
                                       b'label_names', 'batches.meta', 10)
         train = [f'data_batch_{i}' for i in range(1, 6)]
     else:
-        content = _fake_cifar_tarball(tmp_path / 'cifar-100-python.tar.gz', 'cifar-100-python', ['train', 'test'],
+        content = write_cifar_tarball(tmp_path / 'cifar-100-python.tar.gz', 'cifar-100-python', ['train', 'test'],
                                       b'fine_labels', b'fine_label_names', 'meta', 100)
         train = ['train']
     src = next(tmp_path.glob('*.tar.gz'))

@@ -15,7 +15,6 @@ Projector, style mixing, --wandb and --desc commands are tested with their own i
 """
 
 import glob
-import io
 import json
 import os
 import pickle
@@ -23,7 +22,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import PIL.Image
@@ -32,6 +30,7 @@ import torch
 
 import dnnlib
 import train
+from helpers import write_cifar_tarball
 from local_http import LocalServer
 from metrics import detectors
 
@@ -156,19 +155,6 @@ def _save_images(folder, count, size, seed, value=None):
             img[: size[1] // 2] = value   # a class-dependent band, so classes differ
         PIL.Image.fromarray(img).save(os.path.join(folder, f'img{i:04d}.png'))
 
-def _cifar_archive(path):
-    """cifar-10-python.tar.gz in the python layout, 4 images per class in each of the 5 train batches."""
-    rnd = np.random.RandomState(1)
-    with tarfile.open(path, 'w:gz') as tar:
-        def add(name, obj):
-            data = pickle.dumps(obj)
-            info = tarfile.TarInfo(f'cifar-10-batches-py/{name}')
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for b in range(1, 6):
-            add(f'data_batch_{b}', {b'data': rnd.randint(0, 256, [40, 3072], dtype=np.uint8), b'labels': [i % 10 for i in range(40)]})
-        add('test_batch', {b'data': rnd.randint(0, 256, [10, 3072], dtype=np.uint8), b'labels': list(range(10))})
-        add('batches.meta', {b'label_names': [f'class{i}'.encode() for i in range(10)]})
 
 def _network_pickle(c_dim, seed):
     """An upstream-style network pickle (G, D, G_ema; no training state) at 16x16."""
@@ -214,7 +200,10 @@ def world(tmp_path_factory):
         os.symlink(os.path.join(ROOT, script), home / script)
     for folder, seed in [('ffhq-unpacked', 0), ('downloads/metfaces/images', 1), ('downloads/afhq/train/cat', 2)]:
         _save_images(home / folder, 12, (RES, RES), seed)
-    _cifar_archive(home / 'downloads' / 'cifar-10-python.tar.gz')
+    # cifar-10-python.tar.gz: 40 images per train batch, 4 of each class
+    write_cifar_tarball(home / 'downloads' / 'cifar-10-python.tar.gz', 'cifar-10-batches-py',
+                        [f'data_batch_{b}' for b in range(1, 6)] + ['test_batch'], b'labels', b'label_names',
+                        'batches.meta', 10, per_batch=40, balanced=True)
     for k in range(UTLO_CLASSES):   # non-square sources: the command centre-crops them
         _save_images(home / 'Image' / f'class{k:02d}', UTLO_PER_CLASS, (20, 24), 100 + k, value=12 * k)
     stub = detectors.save_stub_detector(str(home / 'stub-detector.pt'))
