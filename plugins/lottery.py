@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from plugins import Option, Plugin, register
+from plugins.masks import ParamMasks
 from torch_utils import training_stats
 
 PRUNABLE_LAYERS = ('SynthesisLayer', 'ToRGBLayer', 'Conv2dLayer')   # G's conv kernels
 
 #----------------------------------------------------------------------------
-# Tickets: masks (True = weight kept) over G's conv kernels.
+# Tickets: masks (plugins.masks.ParamMasks, True = weight kept) over G's conv kernels.
 
 def prunable_names(G):
     """Names of the conv kernels IMP prunes: `.weight` of SynthesisLayer, ToRGBLayer and
@@ -28,42 +29,10 @@ def prunable_names(G):
             names.append(f'{mod_name}.weight' if mod_name else 'weight')
     return names
 
-def full_masks(G):
-    """All-True masks (nothing pruned) for the prunable tensors of G."""
-    names = set(prunable_names(G))
-    return {name: torch.ones_like(param, dtype=torch.bool) for name, param in G.named_parameters() if name in names}
-
-def prune_global(params, masks, percent):
-    """Prune `percent` of the remaining (mask True) entries, ranked globally by |w| of the raw
-    parameters; exactly round(percent * remaining) entries are removed. Returns new masks."""
-    names = list(masks)
-    kept = [params[n].detach().abs().flatten()[masks[n].flatten()] for n in names]
-    values = torch.cat([k.float().cpu() for k in kept])
-    k = int(round(percent * values.numel()))
-    survive = torch.ones(values.numel(), dtype=torch.bool)
-    if k > 0:
-        survive[torch.topk(values, k, largest=False).indices] = False
-    new_masks, offset = {}, 0
-    for n, kv in zip(names, kept):
-        flat = masks[n].flatten().clone()
-        idx = flat.nonzero().flatten()
-        flat[idx] = survive[offset:offset + kv.numel()].to(flat.device)
-        offset += kv.numel()
-        new_masks[n] = flat.view_as(masks[n])
-    return new_masks
-
-def density(masks):
-    """(overall kept fraction, {name: kept fraction})."""
-    kept = sum(int(m.sum()) for m in masks.values())
-    total = sum(m.numel() for m in masks.values())
-    return kept / max(total, 1), {n: float(m.float().mean()) for n, m in masks.items()}
-
-@torch.no_grad()
-def apply_masks(module, masks):
-    """Zero the pruned weights of `module` in place."""
-    params = dict(module.named_parameters())
-    for name, mask in masks.items():
-        params[name].masked_fill_(~mask.to(params[name].device), 0)
+def ticket_masks(G):
+    """All-kept masks over G's prunable tensors, in G's parameter order (the order IMP ranks them in)."""
+    prunable = set(prunable_names(G))
+    return ParamMasks(G, [name for name, _ in G.named_parameters() if name in prunable])
 
 def cpu_state(module):
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
@@ -106,53 +75,53 @@ class LotteryPlugin(Plugin):
 
     @classmethod
     def validate(cls, aug, methods, opts):
-        rounds = opts.get('imp_rounds') or 0
+        rounds = opts['imp_rounds']
         if rounds < 0:
             raise ValueError(f'--imp-rounds must be >= 0, got {rounds}')
         if rounds > 0:
-            if not opts.get('imp_kimg') or opts['imp_kimg'] <= 0:
+            if opts['imp_kimg'] is None or opts['imp_kimg'] <= 0:
                 raise ValueError('--imp-rounds needs the length of each round: add --imp-kimg=<kimg>')
-            if opts.get('ticket'):
+            if opts['ticket']:
                 raise ValueError('--ticket trains a given ticket; it cannot be combined with --imp-rounds (a new search)')
-            total = opts.get('total_kimg')
+            total = opts['total_kimg']
             if total is not None and rounds * opts['imp_kimg'] > total:
                 raise ValueError(f'--kimg={total} is shorter than the search (--imp-rounds x --imp-kimg = {rounds * opts["imp_kimg"]:g})')
-        if not 0 < (opts.get('imp_percent') or 0) < 1:
-            raise ValueError(f'--imp-percent must be in (0, 1), got {opts.get("imp_percent")}')
-        if opts.get('ticket') and not os.path.isfile(opts['ticket']):
+        if not 0 < opts['imp_percent'] < 1:
+            raise ValueError(f'--imp-percent must be in (0, 1), got {opts["imp_percent"]}')
+        if opts['ticket'] and not os.path.isfile(opts['ticket']):
             raise ValueError(f'--ticket file not found: {opts["ticket"]}')
-        if (opts.get('advaug_gamma') or 0) < 0 or (opts.get('advaug_steps') or 0) < 1:
+        if opts['advaug_gamma'] < 0 or opts['advaug_steps'] < 1:
             raise ValueError('--advaug-gamma must be >= 0 and --advaug-steps >= 1')
-        if opts.get('advaug_sign') not in ('ref', 'loss_ascent'):
-            raise ValueError(f'--advaug-sign must be ref or loss_ascent, got {opts.get("advaug_sign")}')
-        if opts.get('advaug_G_target') not in ('b4', 'ws'):
-            raise ValueError(f'--advaug-G-target must be b4 or ws, got {opts.get("advaug_G_target")}')
+        if opts['advaug_sign'] not in ('ref', 'loss_ascent'):
+            raise ValueError(f'--advaug-sign must be ref or loss_ascent, got {opts["advaug_sign"]}')
+        if opts['advaug_G_target'] not in ('b4', 'ws'):
+            raise ValueError(f'--advaug-G-target must be b4 or ws, got {opts["advaug_G_target"]}')
 
     @classmethod
     def describe(cls, opts):
         tag = 'lottery'
-        if opts.get('imp_rounds'):
+        if opts['imp_rounds']:
             tag += f'-imp{opts["imp_rounds"]}x{opts["imp_kimg"]:g}k-p{opts["imp_percent"]:g}'
-        elif opts.get('ticket'):
+        elif opts['ticket']:
             tag += '-ticket'
-        if opts.get('advaug_gamma'):
+        if opts['advaug_gamma']:
             tag += f'-advaug{opts["advaug_gamma"]:g}'
         return tag
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
-        self.rounds = int(opts.get('imp_rounds') or 0)
-        self.percent = float(opts.get('imp_percent') or 0.2)
-        self.round_nimg = int(float(opts.get('imp_kimg') or 0) * 1000)
-        self.rewind_D = bool(opts.get('rewind_D', True))
-        self.gamma = float(opts.get('advaug_gamma') or 0)
-        self.steps = int(opts.get('advaug_steps') or 1)
-        self.sign = opts.get('advaug_sign') or 'ref'
-        self.g_target = opts.get('advaug_G_target') or 'b4'
+        self.rounds = int(opts['imp_rounds'])
+        self.percent = float(opts['imp_percent'])
+        # --imp-kimg has no default: without it there are no rounds (validate), so no length.
+        self.round_nimg = 0 if opts['imp_kimg'] is None else int(float(opts['imp_kimg']) * 1000)
+        self.rewind_D = opts['rewind_D']
+        self.gamma = float(opts['advaug_gamma'])
+        self.steps = int(opts['advaug_steps'])
+        self.sign = opts['advaug_sign']
+        self.g_target = opts['advaug_G_target']
         self.round = 0                  # completed IMP rounds
         self.round_start_nimg = 0
-        self.masks = {}
-        self._any_pruned = None
+        self.masks = None               # ParamMasks over G's conv kernels (True = kept)
         self.theta0_G = self.theta0_D = None
         self.run_dir = None
         self.loss = None
@@ -162,9 +131,8 @@ class LotteryPlugin(Plugin):
     def setup(self, G, D, G_ema, ctx):
         self.G, self.D, self.G_ema = G, D, G_ema
         self.run_dir = ctx.get('run_dir')
-        self.masks = full_masks(G)
-        self._any_pruned = None
-        if self.opts.get('ticket') and not ctx.get('full_resume'):
+        self.masks = ticket_masks(G)
+        if self.opts['ticket'] and not ctx.get('full_resume'):
             self.load_ticket(self.opts['ticket'])
 
     def on_iteration_start(self, state):
@@ -177,13 +145,11 @@ class LotteryPlugin(Plugin):
     def load_ticket(self, path):
         """Masks from a ticket file; G rewound to its theta_0 (and D too, with --rewind-D)."""
         ticket = torch.load(path, map_location='cpu', weights_only=False)
-        params = dict(self.G.named_parameters())
-        for name, mask in ticket['masks'].items():
-            if name not in self.masks or mask.shape != self.masks[name].shape:
-                raise ValueError(f'--ticket {path} does not fit this generator (tensor {name}); '
-                                 f'use the same --cfg and resolution as the search')
-            self.masks[name] = mask.to(params[name].device).bool()
-        self._any_pruned = None
+        misfit = self.masks.misfit(ticket['masks'])
+        if misfit is not None:
+            raise ValueError(f'--ticket {path} does not fit this generator (tensor {misfit}); '
+                             f'use the same --cfg and resolution as the search')
+        self.masks.load_kept(ticket['masks'])
         if ticket.get('theta0_G') is not None:
             self.theta0_G = ticket['theta0_G']
         if ticket.get('theta0_D') is not None:
@@ -197,7 +163,7 @@ class LotteryPlugin(Plugin):
         of the reference is a fresh training run, and p measured how much the old D overfit.
         """
         self.G.load_state_dict(self.theta0_G)
-        apply_masks(self.G, self.masks)
+        self.masks.apply_to_weights()
         self.G_ema.load_state_dict(self.G.state_dict())
         if D is not None:
             D.load_state_dict(self.theta0_D)
@@ -210,8 +176,7 @@ class LotteryPlugin(Plugin):
 
     def finish_round(self, state):
         """Prune, rewind, reset the optimizers and save the ticket."""
-        self.masks = prune_global(dict(self.G.named_parameters()), self.masks, self.percent)
-        self._any_pruned = None
+        self.masks.prune_global(self.percent)
         self.rewind(self.D if self.rewind_D else None)
         for phase in state.phases:
             phase.opt.state.clear()         # Adam moments belong to the discarded weights
@@ -223,12 +188,12 @@ class LotteryPlugin(Plugin):
 
     def ticket_data(self):
         return dict(masks={n: m.cpu() for n, m in self.masks.items()}, theta0_G=self.theta0_G,
-                    theta0_D=self.theta0_D, round=self.round, density=density(self.masks)[0])
+                    theta0_D=self.theta0_D, round=self.round, density=self.masks.density()[0])
 
     def save_ticket(self):
         if self.rank != 0:
             return
-        paths = [self.opts.get('ticket_out')]
+        paths = [self.opts['ticket_out']]
         if self.run_dir is not None:
             paths.append(os.path.join(self.run_dir, f'ticket-round{self.round:02d}.pt'))
         for path in filter(None, paths):
@@ -242,26 +207,16 @@ class LotteryPlugin(Plugin):
             self.finish_round(state)
 
     def after_backward(self, phase, module):
-        if phase.net == 'G' and self.any_pruned():
-            params = dict(module.named_parameters())
-            with torch.no_grad():
-                for name, mask in self.masks.items():
-                    if params[name].grad is not None:
-                        params[name].grad.masked_fill_(~mask, 0)
+        if phase.net == 'G' and self.masks.any_pruned():
+            self.masks.apply_to_grads(module)
 
     def after_step(self, phase, module):
-        if phase.net == 'G' and self.any_pruned():
-            apply_masks(module, self.masks)
+        if phase.net == 'G' and self.masks.any_pruned():
+            self.masks.apply_to_weights(module)
 
     def before_ema(self, G, G_ema):
-        if self.any_pruned():
-            apply_masks(G_ema, self.masks)
-
-    def any_pruned(self):
-        # Cached: masks change only in setup, at round ends and on load (reset to None there).
-        if self._any_pruned is None:
-            self._any_pruned = any(not bool(m.all()) for m in self.masks.values())
-        return self._any_pruned
+        if self.masks.any_pruned():
+            self.masks.apply_to_weights(G_ema)
 
     # --- AdvAug ---------------------------------------------------------------------------------
 
@@ -350,7 +305,7 @@ class LotteryPlugin(Plugin):
         return f'lottery round {self.round}/{self.rounds}'
 
     def report_stats(self):
-        overall, per_layer = density(self.masks)
+        overall, per_layer = self.masks.density()
         training_stats.report0('Lottery/density', overall)
         training_stats.report0('Lottery/round', self.round)
         for name, frac in per_layer.items():
@@ -358,7 +313,7 @@ class LotteryPlugin(Plugin):
 
     def state_for_snapshot(self):
         state = dict(round=self.round, round_start_nimg=self.round_start_nimg,
-                     masks={n: m.cpu().clone() for n, m in self.masks.items()})
+                     masks=self.masks.state_dict())
         if self.searching():        # theta_0 is only needed for rewinds still to come
             state.update(theta0_G=self.theta0_G, theta0_D=self.theta0_D)
         return state
@@ -366,9 +321,7 @@ class LotteryPlugin(Plugin):
     def load_state(self, state):
         self.round = int(state.get('round', 0))
         self.round_start_nimg = int(state.get('round_start_nimg', 0))
-        for name, mask in state.get('masks', {}).items():
-            if name in self.masks and mask.shape == self.masks[name].shape:
-                self.masks[name] = mask.to(self.masks[name].device).bool()
-        self._any_pruned = None
+        # Snapshots written before the shared mask class hold {name: True = kept}.
+        self.masks.load_state_dict(state.get('masks', {}), old_polarity='kept')
         if state.get('theta0_G') is not None:
             self.theta0_G, self.theta0_D = state['theta0_G'], state.get('theta0_D')

@@ -8,10 +8,8 @@ identical on every rank, so the masks are identical too and need no broadcast.
 
 import re
 
-import numpy as np
-import torch
-
 from plugins import Option, Plugin, register
+from plugins.masks import ParamMasks
 from torch_utils import training_stats
 
 WARMUP, SPARSE, DENSE = 'warmup', 'sparse', 'dense'
@@ -19,7 +17,7 @@ PHASE_CODES = {WARMUP: 0, SPARSE: 1, DENSE: 2}  # numeric form for the stats
 DENSE_LR_FACTOR = 0.1
 
 #----------------------------------------------------------------------------
-# Pure functions: schedule and masks.
+# Pure functions: schedule and the parameters covered.
 
 def schedule(it, warmup, g, ref_extra_sparse_iter=False):
     """Mode and LR factor of iteration `it` (0-based G steps).
@@ -38,20 +36,6 @@ def schedule(it, warmup, g, ref_extra_sparse_iter=False):
     if (t // g) % 2 == 0:
         return SPARSE, 1.0
     return DENSE, DENSE_LR_FACTOR
-
-def linear_quantile(values, q):
-    """q-quantile of a 1-D tensor with linear interpolation (torch.quantile semantics, no size limit)."""
-    v = values.flatten().sort().values
-    pos = q * (v.numel() - 1)
-    lo = int(np.floor(pos))
-    hi = min(lo + 1, v.numel() - 1)
-    frac = pos - lo
-    return v[lo] + (v[hi] - v[lo]) * frac
-
-def magnitude_mask(weight, sparsity):
-    """Boolean mask of the pruned entries: |w| < quantile(|w|, sparsity) (strict, as in the ref)."""
-    w = weight.detach().abs().float()
-    return w < linear_quantile(w, sparsity)
 
 def select_params(module, exclude='torgb', skip_bias=False, include=None):
     """Names of the parameters Re-GAN covers: those matching `include` (regex search; None =
@@ -79,9 +63,9 @@ def uses_per_image(name, param):
 
 def iterations(opts, what):
     """--regan-{what} in iterations, or --regan-{what}-kimg converted with the global batch."""
-    kimg = opts.get(f'regan_{what}_kimg')
+    kimg = opts[f'regan_{what}_kimg']
     if kimg is not None:
-        return max(1 if what == 'g' else 0, int(round(kimg * 1000 / (opts.get('batch_size') or 1))))
+        return max(1 if what == 'g' else 0, int(round(kimg * 1000 / opts['batch_size'])))
     return int(opts[f'regan_{what}'])
 
 #----------------------------------------------------------------------------
@@ -105,18 +89,20 @@ class ReGANPlugin(Plugin):
 
     @classmethod
     def validate(cls, aug, methods, opts):
-        s = opts.get('regan_sparsity')
-        if s is None or not 0 <= s < 1:
+        s = opts['regan_sparsity']
+        if not 0 <= s < 1:
             raise ValueError(f'--regan-sparsity must be in [0, 1), got {s}')
-        if (opts.get('regan_g') or 0) < 1:
-            raise ValueError(f'--regan-g must be a positive number of iterations, got {opts.get("regan_g")}')
-        if (opts.get('regan_warmup') or 0) < 0:
-            raise ValueError(f'--regan-warmup must be >= 0, got {opts.get("regan_warmup")}')
-        if opts.get('regan_refresh') not in ('every_step', 'phase_start'):
-            raise ValueError(f'--regan-refresh must be every_step or phase_start, got {opts.get("regan_refresh")}')
+        if opts['regan_g'] < 1:
+            raise ValueError(f'--regan-g must be a positive number of iterations, got {opts["regan_g"]}')
+        if opts['regan_warmup'] < 0:
+            raise ValueError(f'--regan-warmup must be >= 0, got {opts["regan_warmup"]}')
+        if opts['regan_refresh'] not in ('every_step', 'phase_start'):
+            raise ValueError(f'--regan-refresh must be every_step or phase_start, got {opts["regan_refresh"]}')
         for key in ('regan_exclude', 'regan_include'):
+            if opts[key] is None:          # --regan-include's default: no pattern
+                continue
             try:
-                re.compile(opts.get(key) or '')
+                re.compile(opts[key])
             except re.error as e:
                 raise ValueError(f'--{key.replace("_", "-")} is not a valid regex: {e}')
 
@@ -129,46 +115,24 @@ class ReGANPlugin(Plugin):
         self.sparsity = float(opts['regan_sparsity'])
         self.g = iterations(opts, 'g')
         self.warmup = iterations(opts, 'warmup')
-        self.include = opts.get('regan_include')
-        self.refresh = opts.get('regan_refresh') or 'every_step'
-        self.exclude = opts.get('regan_exclude', 'torgb')
-        self.skip_bias = bool(opts.get('regan_skip_bias'))
-        self.ref_extra = bool(opts.get('regan_ref_extra_sparse_iter'))
-        self.masks = {}             # name -> bool tensor, True = pruned
-        self._any_pruned = None     # cached any_pruned(); None = masks changed since
+        self.include = opts['regan_include']
+        self.refresh = opts['regan_refresh']
+        self.exclude = opts['regan_exclude']
+        self.skip_bias = opts['regan_skip_bias']
+        self.ref_extra = opts['regan_ref_extra_sparse_iter']
+        self.masks = None           # ParamMasks over the covered G parameters (True = kept)
         self.mode = WARMUP
         self.lr_factor = 1.0
         self.G_lr = None            # the Gmain LR in force, for the stats
-        self.G = None
-
-    # --- masks ------------------------------------------------------------------------------
 
     def attach(self, G):
-        """Bind to the training G and create all-False masks for the covered parameters."""
-        self.G = G
-        self.params = dict(G.named_parameters())
-        names = select_params(G, self.exclude, self.skip_bias, self.include)
-        self.masks = {name: torch.zeros_like(self.params[name], dtype=torch.bool) for name in names}
-        self._any_pruned = None
+        """Bind to the training G with nothing pruned yet."""
+        self.masks = ParamMasks(G, select_params(G, self.exclude, self.skip_bias, self.include))
 
     def update_masks(self):
         """Recompute every mask from the current weights and zero the pruned weights."""
-        for name in self.masks:
-            self.masks[name] = magnitude_mask(self.params[name], self.sparsity)
-        self._any_pruned = None
-        self.zero_weights(self.params)
-
-    @torch.no_grad()
-    def zero_weights(self, params):
-        for name, mask in self.masks.items():
-            params[name].masked_fill_(mask.to(params[name].device), 0)
-
-    @torch.no_grad()
-    def zero_grads(self):
-        for name, mask in self.masks.items():
-            grad = self.params[name].grad
-            if grad is not None:
-                grad.masked_fill_(mask.to(grad.device), 0)
+        self.masks.prune_per_tensor(self.sparsity)
+        self.masks.apply_to_weights()
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -183,42 +147,35 @@ class ReGANPlugin(Plugin):
                 for group in phase.opt.param_groups:
                     group['lr'] = phase.lr * self.lr_factor
         entering = self.mode == SPARSE and prev_mode != SPARSE
-        if self.mode == SPARSE and (self.refresh == 'every_step' or entering or not self.any_pruned()):
+        if self.mode == SPARSE and (self.refresh == 'every_step' or entering or not self.masks.any_pruned()):
             self.update_masks()
 
     def after_backward(self, phase, module):
         if self.mode == SPARSE and phase.net == 'G':
-            self.zero_grads()
-            self.zero_weights(self.params)
+            self.masks.apply_to_grads()
+            self.masks.apply_to_weights()
 
     def after_step(self, phase, module):
         if self.mode == SPARSE and phase.net == 'G':
-            self.zero_weights(self.params)
+            self.masks.apply_to_weights()
 
     def before_ema(self, G, G_ema):
         if self.mode == SPARSE:
-            self.zero_weights(dict(G_ema.named_parameters()))
+            self.masks.apply_to_weights(G_ema)
 
     # --- stats and state --------------------------------------------------------------------
 
-    def any_pruned(self):
-        # Cached (asked every iteration with --regan-refresh=phase_start; each bool() is a GPU sync):
-        # masks change only in attach, update_masks and load_state, which reset the cache.
-        if self._any_pruned is None:
-            self._any_pruned = any(bool(m.any()) for m in self.masks.values())
-        return self._any_pruned
-
     def sparsity_stats(self):
         """(per-tensor pruned fraction, overall fraction, MACs saved per image, fraction of covered MACs)."""
-        active = self.mode == SPARSE
+        counts = self.masks.pruned_counts() if self.mode == SPARSE else {}
         per_tensor, pruned, total, macs_saved, macs_total = {}, 0, 0, 0, 0
         for name, mask in self.masks.items():
-            n_pruned = int(mask.sum()) if active else 0
+            n_pruned = counts.get(name, 0)
             per_tensor[name] = n_pruned / mask.numel()
             pruned += n_pruned
             total += mask.numel()
             if name.endswith('weight'):
-                uses = uses_per_image(name, self.params[name])
+                uses = uses_per_image(name, self.masks.params[name])
                 macs_saved += n_pruned * uses
                 macs_total += mask.numel() * uses
         return per_tensor, pruned / max(total, 1), macs_saved, macs_saved / max(macs_total, 1)
@@ -244,13 +201,10 @@ class ReGANPlugin(Plugin):
                 self.G_lr = phase.opt.param_groups[0]['lr']
 
     def state_for_snapshot(self):
-        return dict(mode=self.mode, lr_factor=self.lr_factor,
-                    masks={name: mask.cpu().clone() for name, mask in self.masks.items()})
+        return dict(mode=self.mode, lr_factor=self.lr_factor, masks=self.masks.state_dict())
 
     def load_state(self, state):
         self.mode = state.get('mode', self.mode)
         self.lr_factor = state.get('lr_factor', self.lr_factor)
-        for name, mask in state.get('masks', {}).items():
-            if name in self.masks and mask.shape == self.masks[name].shape:
-                self.masks[name] = mask.to(self.masks[name].device)
-        self._any_pruned = None
+        # Snapshots written before the shared mask class hold {name: True = pruned}.
+        self.masks.load_state_dict(state.get('masks', {}), old_polarity='pruned')

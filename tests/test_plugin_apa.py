@@ -183,7 +183,7 @@ def test_training_loop_apa_with_ada_and_regan(tmp_path):
     assert len(apa_plugin.pseudo) == 1 and apa_plugin.pseudo[0].shape == (4, 3, 16, 16)   # one round of 4
     # Re-GAN ran warm-up (it 0) then sparse (it 1, 2) then dense (it 3): masks saved, G regrowing.
     regan_state = snapshot['resume_state']['plugins']['regan']
-    assert regan_state['mode'] == 'dense' and len(regan_state['masks']) > 0
+    assert regan_state['mode'] == 'dense' and len(regan_state['masks']['kept']) > 0
     stats = read_stats(c.run_dir)
     assert 'Progress/augment' in stats and 'ReGAN/sparsity' in stats
     img = snapshot['G_ema'](torch.randn(2, 32), torch.zeros([2, 0]), noise_mode='const')

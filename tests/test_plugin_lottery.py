@@ -67,14 +67,14 @@ def test_one_round_leaves_80_percent_and_two_rounds_64():
     plugin.end_of_iteration(state, None)
     assert plugin.round == 1
     assert _nonzero_fraction(G, names) == pytest.approx(0.8, abs=0.01)
-    assert lottery.density(plugin.masks)[0] == pytest.approx(0.8, abs=0.001)
+    assert plugin.masks.density()[0] == pytest.approx(0.8, abs=0.001)
     # Linear layers and biases are untouched (rewound to theta_0, which they never left).
     assert all(torch.equal(p, other[n]) for n, p in G.named_parameters() if n not in plugin.masks)
     _perturb_all(G)     # train a bit so the next ranking differs
     state.update(cur_nimg=8, batch_idx=2)
     plugin.end_of_iteration(state, None)
     assert plugin.round == 2 and not plugin.searching()
-    assert lottery.density(plugin.masks)[0] == pytest.approx(0.64, abs=0.001)
+    assert plugin.masks.density()[0] == pytest.approx(0.64, abs=0.001)
     assert _nonzero_fraction(G, names) == pytest.approx(0.64, abs=0.01)
 
 def test_rewind_is_exact_and_resets_D_and_optimizers():
