@@ -235,6 +235,11 @@ def _use_cuda(c):
 
 def join_process_group(c, rank, local_rank, init_method):
     """Pick the device and backend of this process and join the group (NCCL on GPU, gloo on CPU)."""
+    # The first optimizer imports torch._dynamo, which keeps references to any process group that
+    # exists at that moment: the group then outlives destroy_process_group(), and its gloo worker
+    # threads, still running while Python shuts down, can abort the process at exit (SIGABRT,
+    # "terminate called without an active exception"). Imported before the group exists, it holds none.
+    import torch._dynamo  # noqa: F401
     use_cuda = _use_cuda(c)
     if use_cuda:
         torch.cuda.set_device(local_rank)

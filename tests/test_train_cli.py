@@ -3,6 +3,7 @@ run killed with SIGKILL and resumed with --resume=latest, and a 2-process gloo r
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -254,6 +255,39 @@ def test_lazy_regularisation_adam_settings_and_ema_beta():
     assert beta == pytest.approx(0.5 ** (32 / 500))          # ramp: ema_nimg = min(10000, 10000 * 0.05)
     assert torch.allclose(G_ema.weight, torch.full_like(G_ema.weight, 1 - beta))
     assert update_ema(G, G_ema, cur_nimg=10_000, batch_size=32, ema_kimg=10, ema_rampup=None) == pytest.approx(0.5 ** (32 / 10_000))
+
+# Run under torchrun by the next test: joins the group the way train.py does, builds an optimizer
+# (whose first construction imports torch._dynamo), leaves the group and prints the thread counts.
+_GROUP_RELEASE_SCRIPT = """
+import gc, os, sys, torch
+sys.path.insert(0, sys.argv[1])
+import dnnlib, train
+threads = lambda: len(os.listdir('/proc/self/task'))
+before = threads()
+rank = int(os.environ['RANK'])
+train.join_process_group(dnnlib.EasyDict(num_gpus=2, device='cpu'), rank, rank, 'env://')
+torch.optim.Adam([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+x = torch.ones(2); torch.distributed.all_reduce(x)
+joined = threads()
+torch.distributed.destroy_process_group(); gc.collect()
+print(f'rank {rank} threads before {before} joined {joined} after {threads()}', flush=True)
+"""
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir('/proc/self/task'), reason='counts threads through /proc')
+def test_left_process_group_stops_its_threads(tmp_path):
+    # A group that outlives destroy_process_group() keeps gloo threads running into interpreter
+    # shutdown, where they abort the process now and then (1 run in ~8 of the torchrun test below).
+    script = tmp_path / 'group.py'
+    script.write_text(_GROUP_RELEASE_SCRIPT)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script), ROOT]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = re.findall(r'rank (\d) threads before (\d+) joined (\d+) after (\d+)', proc.stdout)
+    assert sorted(rank for rank, *_ in lines) == ['0', '1'], proc.stdout
+    for _rank, before, joined, after in lines:
+        assert int(joined) > int(before)    # the group's threads ran
+        assert int(after) == int(before)    # and are gone once the group is left
 
 @pytest.mark.slow
 def test_torchrun_two_workers_share_one_run_dir(tmp_path, data):
