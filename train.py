@@ -358,13 +358,13 @@ class HelpShowsFirstSpelling(click.Option):
             self.opts = spellings
 
 def plugin_click_options():
-    """click.Option objects for every registered plugin option (each declared by one plugin); each
-    also accepts its underscore spelling."""
+    """click.Option objects for every registered plugin option, once each, listed in --help under
+    the plugins that read it ('ada / apa' for --target); each also accepts its underscore spelling."""
     params = []
-    for plugin_name, opt in plugin_registry.all_options():
+    for readers, opt in plugin_registry.all_options():
         decls = [f'--{opt.name}'] + ([f'--{opt.key}'] if opt.key != opt.name else []) + [opt.key]
         param = HelpShowsFirstSpelling(decls, type=opt.type, default=opt.default, show_default=True, help=opt.help)
-        param.plugin_group = plugin_name
+        param.plugin_group = ' / '.join(readers)
         params.append(param)
     return params
 
@@ -380,12 +380,27 @@ def configure_methods(kw, c):
     """Validate --aug / --method and their options, then let each active plugin edit c.
     Returns (active plugin classes, opts)."""
     values = {k: kw[k] for k in plugin_registry.default_opts() if k in kw}
-    values.update(p=kw.p, target=kw.target, augpipe=kw.augpipe)
     try:
         return plugin_registry.configure(c, kw.aug, parse_comma_list(kw.method), values, given=typed_options(),
                                          resuming=kw.resume not in (None, 'noresume'))
     except ValueError as err:
         raise click.UsageError(str(err))
+
+def configure_resume(c, active, opts, fetch=True):
+    """How the run starts from --resume, decided once with the rest of the config (the file is read
+    here, so a broken one is refused before anything is written), and the schedule that follows:
+    a weights-only start (an upstream pickle, a transfer source) runs without the EMA ramp-up. ADA's
+    faster p on resume is plugins.configure's (ada_kimg). fetch=False (a dry run from a URL) leaves
+    the mode undecided instead of downloading the network."""
+    from training import snapshot
+    if not fetch and dnnlib.util.is_url(c.resume_pkl):
+        return
+    try:
+        c.resume_mode = snapshot.resume_mode(c.resume_pkl, active, c, opts)
+    except (OSError, ValueError) as err:    # load_network's messages name the file and what is wrong with it
+        raise click.UsageError(f'--resume: {err}')
+    if c.resume_mode == 'weights':
+        c.ema_rampup = None
 
 def configure_metrics(kw, c):
     """--metrics (validated names), --detector and --metricdata."""
@@ -539,13 +554,13 @@ def main(**kw):
                     batch_gpu=kw.batch_gpu, map_layers=kw.map, pl_weight=kw.pl_weight, reg_gain=kw.reg_gain)
     c.training_set_kwargs = training_set_kwargs
     c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=kw.workers, prefetch_factor=2)
-    # training_loop turns the EMA ramp off for weights-only (transfer) resumes and keeps it for full ones.
     # Resolved before the plugins are configured: they may check the network they start from.
     c.resume_pkl = resolve_resume(kw.resume, kw.outdir)
     active, opts = configure_methods(kw, c)
     configure_metrics(kw, c)
     configure_performance(kw, c)
     configure_speed(kw, c)
+    configure_resume(c, active, opts, fetch=not kw.dry_run)
     c.freezed = kw.freezed
     c.snapshot_keep = kw.snapshot_keep
     configure_logging(kw, c)
@@ -607,9 +622,6 @@ def build_cli():
                      default='ada', metavar='NAME'),
         click.Option(['--method'], help=f'Comma-separated methods: {",".join(plugin_registry.names("method"))}',
                      default='', metavar='LIST'),
-        click.Option(['--p'], help='Augmentation probability for --aug=fixed', type=float),
-        click.Option(['--target'], help='ADA / APA target value [default: 0.6]', type=float),
-        click.Option(['--augpipe'], help='Augmentation pipeline [default: bgc]', metavar='NAME'),
         click.Option(['--resume'], callback=dnnlib.util.expand_user, help='Resume from snapshot .pkl, run dir, "latest" or a known network [default: noresume]', metavar='PKL'),
         click.Option(['--freezed'], help='Freeze-D: freeze the first N D layers [default: 0]', type=int, default=0, metavar='INT'),
         click.Option(['--fp32'], help='Disable mixed-precision training', type=bool, default=False, metavar='BOOL'),

@@ -40,10 +40,13 @@ def register(name):
         if name in _registry and _registry[name] is not cls:
             raise ValueError(f'plugin name "{name}" registered twice')
         for other_name, other in _registry.items():
-            taken = {opt.key for opt in other.options} & {opt.key for opt in cls.options}
+            # A family of plugins shares an option by listing the same Option object; a second
+            # declaration of the name would be a second default and a second help text.
+            taken = {opt.key for opt in cls.options} & {opt.key for opt in other.options if opt not in cls.options}
             if other_name != name and taken:
                 raise ValueError(f'plugin "{name}" declares option(s) {", ".join(sorted(taken))} that "{other_name}" '
-                                 f'already declares: an option is declared once, by one plugin of the family that reads it')
+                                 f'already declares: an option is declared once, and every plugin of the family '
+                                 f'that reads it lists that same Option')
         cls.name = name
         _registry[name] = cls
         return cls
@@ -67,12 +70,16 @@ def names(kind):
     return sorted(name for name, cls in registry().items() if cls.kind == kind)
 
 def all_options():
-    """[(plugin_name, Option)] for every registered plugin, in registry order."""
-    return [(name, opt) for name, cls in sorted(registry().items()) for opt in cls.options]
+    """[(names of the plugins that read it, Option)]: every plugin option once, sorted by its first reader."""
+    readers = {}
+    for name, cls in sorted(registry().items()):
+        for opt in cls.options:
+            readers.setdefault(opt.key, ([], opt))[0].append(name)
+    return [(names, opt) for names, opt in readers.values()]
 
 def default_opts():
     """Dict of every plugin option's default value, keyed by option key."""
-    return {opt.key: opt.default for _name, opt in all_options()}
+    return dnnlib.EasyDict({opt.key: opt.default for _names, opt in all_options()})
 
 def switch_of(cls):
     """The command-line switch that turns a plugin on, e.g. '--method=utlo' or '--aug=apa'."""
@@ -80,17 +87,16 @@ def switch_of(cls):
 
 def check_given_options(active, given):
     """Every plugin option the user gave must be read by an active plugin: otherwise it would
-    be dropped without a word. `given`: the option keys typed on the command line."""
+    be dropped without a word. `given`: the option keys typed on the command line. An active
+    plugin may add a hint for an option it does not read (Plugin.option_hints)."""
     read = {opt.key for cls in active for opt in cls.options}
-    owners = {}
-    for name, cls in sorted(registry().items()):
-        for opt in cls.options:
-            owners.setdefault(opt.key, (opt, []))[1].append(cls)
-    for key in sorted(set(given) - read):
-        if key in owners:
-            opt, classes = owners[key]
-            raise ValueError(f'--{opt.name} is an option of {" / ".join(c.name for c in classes)}, which is not on: '
-                             f'add {" or ".join(switch_of(c) for c in classes)}, or drop --{opt.name}')
+    reg = registry()
+    for readers, opt in sorted(all_options(), key=lambda item: item[1].key):
+        if opt.key in given and opt.key not in read:
+            hints = [cls.option_hints[opt.key] for cls in active if opt.key in cls.option_hints]
+            raise ValueError(f'--{opt.name} is an option of {" / ".join(readers)}, which is not on: '
+                             f'add {" or ".join(switch_of(reg[r]) for r in readers)}, or drop --{opt.name}'
+                             + ''.join(f' ({hint})' for hint in hints))
 
 def resolve(aug, methods, opts, given=()):
     """Return the active plugin classes, sorted by `order`, after validation.
@@ -117,25 +123,18 @@ def resolve(aug, methods, opts, given=()):
 def configure(c, aug, methods, values, given=(), resuming=False):
     """The one place plugin options are resolved, for train.py and the tests alike.
 
-    values: {option key: value} as given (None or absent = not given), including the base
-    family's p / target / augpipe; given: the keys the user typed (each must be read by an
-    active plugin). Fills every default, validates, lets each active plugin edit the config
-    `c` (which needs batch_size, batch_gpu, total_kimg) and records c.plugin_names and
-    c.plugin_opts. Returns (active plugin classes in run order, opts). Raises ValueError with
-    a message naming the fix.
+    values: {option key: value} (None or absent = the option's default); given: the keys the
+    user typed (each must be read by an active plugin; recorded as opts.typed). Fills every
+    default, validates, lets each active plugin edit the config `c` (which needs batch_size,
+    batch_gpu, total_kimg) and records c.plugin_names and c.plugin_opts. resuming: ADA / APA
+    adapt p 5x faster (ada_kimg 100 instead of 500), as upstream does for a resumed run.
+    Returns (active plugin classes in run order, opts). Raises ValueError naming the fix.
     """
-    from plugins.ada import DEFAULT_AUGPIPE, DEFAULT_TARGET
-    opts = dnnlib.EasyDict(default_opts())
-    opts.update(p=None, target=None, augpipe=None)
-    opts.update(values)
-    opts.update(aug=aug, methods=list(methods), ada_kimg=100 if resuming else 500,
+    opts = default_opts()
+    opts.update({k: v for k, v in values.items() if v is not None})
+    opts.update(aug=aug, methods=list(methods), ada_kimg=100 if resuming else 500, typed=sorted(set(given) & set(opts)),
                 batch_size=c.batch_size, batch_gpu=c.batch_gpu, total_kimg=c.total_kimg)
-    active = resolve(aug, opts.methods, opts, given=set(given) & set(opts))
-    # The base family's defaults are filled after validation, which tells typed from default.
-    if opts.target is None:
-        opts.target = DEFAULT_TARGET
-    if opts.augpipe is None:
-        opts.augpipe = DEFAULT_AUGPIPE
+    active = resolve(aug, opts.methods, opts, given=opts.typed)
     for cls in active:
         try:
             cls.configure(c, opts)
@@ -152,7 +151,8 @@ class Plugin:
     name = None         # set by @register
     kind = 'method'     # 'aug' (chosen by --aug) or 'method' (chosen by --method)
     order = 50          # run order: batch replacement < 20 <= augmentation < 40 <= others
-    options = []        # list of Option
+    options = []        # list of Option (an Option read by several plugins is listed by each)
+    option_hints = {}   # {option key: advice} when that option is given but this plugin is on instead
     provides_augment_pipe = False   # True if `self.augment_pipe` is the snapshot's augment_pipe
 
     # --- class-level, before any network exists -------------------------------------------
@@ -169,6 +169,12 @@ class Plugin:
         """Edit the training config `c` (G_kwargs, D_kwargs, loss_kwargs, ...) before networks are built."""
 
     @classmethod
+    def resume_mode(cls, data, c, opts):
+        """'weights' to start from the weights of the full snapshot `data` only (counters, optimizers,
+        plugin states and RNG fresh), else 'full'. Asked by train.py while it builds the config c."""
+        return 'full'
+
+    @classmethod
     def describe(cls, opts):
         """Tag appended to the run directory name, e.g. 'apa-wdataaug'."""
         return cls.name
@@ -180,11 +186,6 @@ class Plugin:
         self.rank = rank
         self.num_gpus = num_gpus
         self.augment_pipe = None
-
-    def resume_mode(self, data, ctx):
-        """'weights' to start from the weights of a full snapshot `data` only (counters, optimizers,
-        plugin states and RNG fresh), else 'full'. Asked before setup(); ctx is setup's."""
-        return 'full'
 
     def setup(self, G, D, G_ema, ctx):
         """Called once after networks exist (before resume state is loaded); ctx.full_resume says
@@ -260,7 +261,7 @@ class PluginSet:
         for p in self.plugins:
             p.plugin_set = self     # a plugin that resets D tells the others through on_D_rewind()
         self._impl = {}
-        for hook in ['resume_mode', 'setup', 'on_iteration_start', 'replace_real_batch', 'augment_D_input',
+        for hook in ['setup', 'on_iteration_start', 'replace_real_batch', 'augment_D_input',
                      'synthesis_kwargs', 'main_loss_weight', 'extra_loss', 'after_phase', 'after_backward',
                      'after_step', 'before_ema', 'end_of_iteration', 'on_D_rewind', 'report_stats', 'on_tick', 'status_text']:
             self._impl[hook] = [p for p in self.plugins if getattr(type(p), hook) is not getattr(Plugin, hook)]
@@ -286,10 +287,6 @@ class PluginSet:
             if p.provides_augment_pipe and p.augment_pipe is not None:
                 return p.augment_pipe
         return None
-
-    def resume_mode(self, data, ctx):
-        modes = [p.resume_mode(data, ctx) for p in self._impl['resume_mode']]
-        return 'weights' if 'weights' in modes else 'full'
 
     def setup(self, G, D, G_ema, ctx):
         for p in self._impl['setup']:

@@ -2,26 +2,33 @@
 'ada' (adaptive p), 'fixed' (constant p) and 'noaug' (no augmentation).
 """
 
-from plugins import AdaptiveP, Plugin, register
+from plugins import AdaptiveP, Option, Plugin, register
 from torch_utils import misc, training_stats
 
-DEFAULT_TARGET = 0.6
-DEFAULT_AUGPIPE = 'bgc'
 ADA_INTERVAL = 4
 
 def _augpipe_names():
     from training.augment import augpipe_specs
     return sorted(augpipe_specs)
 
+# The base family's options, declared once here and listed by every plugin that reads them
+# (apa.py reads TARGET and AUGPIPE too).
+P = Option('p', type=float, default=None, help='Augmentation probability for --aug=fixed (0 <= P <= 1)')
+TARGET = Option('target', type=float, default=0.6, help='ADA / APA target value of the overfitting heuristic r_t')
+AUGPIPE = Option('augpipe', type=str, default='bgc',
+                 help='Augmentation pipeline: a preset of training/augment.py, e.g. blit, geom, color, bgc, bgcfnc')
+
 def check_augpipe(opts):
-    name = opts.get('augpipe')
-    if name is not None and name not in _augpipe_names():
-        raise ValueError(f'unknown --augpipe "{name}"; choose one of: {", ".join(_augpipe_names())}')
+    if opts['augpipe'] not in _augpipe_names():
+        raise ValueError(f'unknown --augpipe "{opts["augpipe"]}"; choose one of: {", ".join(_augpipe_names())}')
 
 def check_target(opts):
-    target = opts.get('target')
-    if target is not None and not 0 <= target <= 1:
-        raise ValueError(f'--target must be between 0 and 1, got {target}')
+    if not 0 <= opts['target'] <= 1:
+        raise ValueError(f'--target must be between 0 and 1, got {opts["target"]}')
+
+def augpipe_tag(opts):
+    """'-NAME' for a pipeline other than the default (part of the run directory name)."""
+    return '' if opts['augpipe'] == AUGPIPE.default else f'-{opts["augpipe"]}'
 
 def build_augment_pipe(augpipe, device):
     """AugmentPipe for a preset name, in training mode, with p = 0 and no trainable parameters."""
@@ -40,7 +47,7 @@ class _AugmentBase(Plugin):
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
-        self.augment_pipe = build_augment_pipe(opts.get('augpipe') or DEFAULT_AUGPIPE, device)
+        self.augment_pipe = build_augment_pipe(opts['augpipe'], device)
 
     def augment_D_input(self, img, is_real, phase):
         return self.augment_pipe(img)
@@ -61,29 +68,23 @@ class _AugmentBase(Plugin):
 @register('ada')
 class ADAPlugin(_AugmentBase):
     """Adaptive p: every 4 iterations p moves by sign(E[sign(D(real))] - target) * B * 4 / (ada_kimg * 1000)."""
+    options = [TARGET, AUGPIPE]
+    option_hints = {'p': 'ada adapts p itself; use --target to steer it'}
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
-        target = opts.get('target')
-        self.controller = AdaptiveP(self.augment_pipe.p, target=DEFAULT_TARGET if target is None else target,
-                                    speed_kimg=opts.get('ada_kimg') or 500, interval=ADA_INTERVAL,
-                                    stat_name='Loss/signs/real')
+        self.controller = AdaptiveP(self.augment_pipe.p, target=opts['target'], speed_kimg=opts['ada_kimg'],
+                                    interval=ADA_INTERVAL, stat_name='Loss/signs/real')
 
     @classmethod
     def validate(cls, aug, methods, opts):
-        if opts.get('p') is not None:
-            raise ValueError('--p can only be given with --aug=fixed (ada adapts p itself; use --target to steer it)')
         check_target(opts)
         check_augpipe(opts)
 
     @classmethod
     def describe(cls, opts):
-        desc = 'ada'
-        if opts.get('target') is not None and opts['target'] != DEFAULT_TARGET:
-            desc += f'-target{opts["target"]:g}'
-        if (opts.get('augpipe') or DEFAULT_AUGPIPE) != DEFAULT_AUGPIPE:
-            desc += f'-{opts["augpipe"]}'
-        return desc
+        target = '' if opts['target'] == TARGET.default else f'-target{opts["target"]:g}'
+        return 'ada' + target + augpipe_tag(opts)
 
     def end_of_iteration(self, state, stats):
         self.controller.update(state.batch_idx, state.batch_size)
@@ -106,6 +107,7 @@ class ADAPlugin(_AugmentBase):
 @register('fixed')
 class FixedPlugin(_AugmentBase):
     """Constant p = --p."""
+    options = [P, AUGPIPE]
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
@@ -113,21 +115,16 @@ class FixedPlugin(_AugmentBase):
 
     @classmethod
     def validate(cls, aug, methods, opts):
-        p = opts.get('p')
+        p = opts['p']
         if p is None:
             raise ValueError('--aug=fixed needs --p=P (the constant augmentation probability, 0 <= P <= 1)')
         if not 0 <= p <= 1:
             raise ValueError(f'--p must be between 0 and 1, got {p}')
-        if opts.get('target') is not None:
-            raise ValueError('--target can only be given with --aug=ada (fixed keeps p constant)')
         check_augpipe(opts)
 
     @classmethod
     def describe(cls, opts):
-        desc = f'fixed-p{opts["p"]:g}'
-        if (opts.get('augpipe') or DEFAULT_AUGPIPE) != DEFAULT_AUGPIPE:
-            desc += f'-{opts["augpipe"]}'
-        return desc
+        return f'fixed-p{opts["p"]:g}' + augpipe_tag(opts)
 
     def load_state(self, state):
         pass    # p is the command-line constant, not the resumed value
@@ -137,12 +134,6 @@ class NoAugPlugin(Plugin):
     """No augmentation: D sees the images as they are."""
     kind = 'aug'
     order = 20
-
-    @classmethod
-    def validate(cls, aug, methods, opts):
-        for key in ['p', 'target', 'augpipe']:
-            if opts.get(key) is not None:
-                raise ValueError(f'--{key} has no effect with --aug=noaug; drop it or choose --aug=ada / --aug=fixed')
 
     @classmethod
     def describe(cls, opts):

@@ -11,7 +11,7 @@ the same rounds, as in the reference.
 import torch
 
 from plugins import AdaptiveP, Option, Plugin, register
-from plugins.ada import ADA_INTERVAL, DEFAULT_AUGPIPE, DEFAULT_TARGET, build_augment_pipe, check_augpipe, check_target
+from plugins.ada import ADA_INTERVAL, AUGPIPE, TARGET, build_augment_pipe, check_augpipe, check_target
 from torch_utils import misc, training_stats
 
 
@@ -35,54 +35,53 @@ class APAPlugin(Plugin):
     order = 10      # the batch is replaced before any augmentation sees it
     provides_augment_pipe = True
     options = [
+        TARGET,
+        AUGPIPE,
         Option('with-dataaug', type=bool, default=False,
                help='APA: also apply the ADA pipeline (--augpipe) in every D call; its p is shared '
                     'with APA\'s p as in the APA reference'),
         Option('apa-fixed-p', type=float, default=None,
                help='APA: keep p constant at this value instead of adapting it to --target'),
     ]
+    option_hints = {'p': 'with --aug=apa, --apa-fixed-p holds the APA probability constant'}
 
     @classmethod
     def validate(cls, aug, methods, opts):
-        if opts.get('p') is not None:
-            raise ValueError('--p is for --aug=fixed; with --aug=apa use --apa-fixed-p to hold the APA probability constant')
         check_target(opts)
-        if opts.get('augpipe') is not None and not opts.get('with_dataaug'):
+        if 'augpipe' in opts['typed'] and not opts['with_dataaug']:
             raise ValueError('--augpipe only matters with --aug=apa --with-dataaug=true; add that or drop --augpipe')
-        fixed = opts.get('apa_fixed_p')
+        fixed = opts['apa_fixed_p']
         if fixed is not None and not 0 <= fixed <= 1:
             raise ValueError(f'--apa-fixed-p must be in [0, 1], got {fixed}')
-        if opts.get('with_dataaug'):
+        if opts['with_dataaug']:
             check_augpipe(opts)
 
     @classmethod
     def describe(cls, opts):
-        tag = 'apa-wdataaug' if opts.get('with_dataaug') else 'apa'
-        if opts.get('apa_fixed_p') is not None:
+        tag = 'apa-wdataaug' if opts['with_dataaug'] else 'apa'
+        if opts['apa_fixed_p'] is not None:
             tag += f'-p{opts["apa_fixed_p"]:g}'
         return tag
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
-        self.with_dataaug = bool(opts.get('with_dataaug', False))
-        self.fixed_p = opts.get('apa_fixed_p')
+        self.with_dataaug = bool(opts['with_dataaug'])
+        self.fixed_p = opts['apa_fixed_p']
         self.pseudo = []            # per Gmain round of the latest G phase: detached fakes [N, C, H, W]
         self._new_capture = True    # the next Gmain capture starts a new list (a D phase ran since)
         self._d_phase = None        # the D phase whose rounds are being counted
         self._d_round = 0
         self.augment_pipe = None
         if self.with_dataaug:
-            self.augment_pipe = build_augment_pipe(opts.get('augpipe') or DEFAULT_AUGPIPE, device)
+            self.augment_pipe = build_augment_pipe(opts['augpipe'], device)
             self.p = self.augment_pipe.p            # one shared p (APA ref behaviour)
         else:
             self.p = torch.zeros([], device=device)
         misc.set_host_value(self.p, 0.0 if self.fixed_p is None else float(self.fixed_p))
         self.controller = None
         if self.fixed_p is None:
-            target = opts.get('target')
-            self.controller = AdaptiveP(self.p, target=DEFAULT_TARGET if target is None else target,
-                                        speed_kimg=opts.get('ada_kimg') or 500, interval=ADA_INTERVAL,
-                                        stat_name='Loss/signs/real')
+            self.controller = AdaptiveP(self.p, target=opts['target'], speed_kimg=opts['ada_kimg'],
+                                        interval=ADA_INTERVAL, stat_name='Loss/signs/real')
 
     def after_phase(self, phase, ctx):
         # The fakes G's main phase just produced become this round's pseudo batch.

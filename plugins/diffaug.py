@@ -95,7 +95,7 @@ def diff_augment(x, policy):
 
 def effective_policy(aug, opts):
     """The policy string in force: the option if given, else the default under --aug=diffaug."""
-    policy = opts.get('diffaug_policy')
+    policy = opts['diffaug_policy']
     if policy is None:
         return DEFAULT_POLICY if aug == 'diffaug' else ''
     return policy
@@ -113,25 +113,20 @@ class DiffAugPlugin(Plugin):
 
     @classmethod
     def is_active(cls, aug, methods, opts):
-        return aug == 'diffaug' or bool(opts.get('diffaug_policy'))
+        return aug == 'diffaug' or bool(opts['diffaug_policy'])
 
     @classmethod
     def validate(cls, aug, methods, opts):
         parse_policy(effective_policy(aug, opts))
-        if aug == 'diffaug':
-            for key in ['p', 'target', 'augpipe']:
-                if opts.get(key) is not None:
-                    raise ValueError(f'--{key} has no effect with --aug=diffaug (DiffAugment is always on); drop it, '
-                                     f'or use --aug=ada --diffaug-policy=... to combine ADA with DiffAugment')
 
     @classmethod
     def describe(cls, opts):
-        names = parse_policy(effective_policy(opts.get('aug'), opts))
+        names = parse_policy(effective_policy(opts['aug'], opts))
         return '-'.join(['diffaug'] + names) if names else 'diffaug-none'
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
-        self.policy = parse_policy(effective_policy(opts.get('aug'), opts))
+        self.policy = parse_policy(effective_policy(opts['aug'], opts))
 
     def augment_D_input(self, img, is_real, phase):
         return diff_augment(img, self.policy)

@@ -151,6 +151,11 @@ def check_ft_source(G_old, source):
                          f'learned class combination yet: first train --transfer-stage=bn from it, then run '
                          f'--transfer-stage=ft with --resume=<a snapshot of that run>')
 
+def rate_multiplier(opts, G_opt_kwargs):
+    """The transfer rate as a multiplier over G's own (see CombinedEmbedding)."""
+    G_lr = (G_opt_kwargs or {}).get('lr')
+    return opts['transfer_lr'] / G_lr if G_lr else 1.0
+
 def new_parameter_count(embed):
     """Parameters added for the new classes: A (+ a_bias) and R."""
     return embed.A.numel() + embed.R.numel() + (embed.a_bias.numel() if embed.a_bias is not None else 0)
@@ -174,14 +179,14 @@ class TransferPlugin(Plugin):
 
     @classmethod
     def validate(cls, aug, methods, opts):
-        if opts.get('transfer_stage') not in STAGES:
-            raise ValueError(f'--transfer-stage must be bn or ft, got {opts.get("transfer_stage")}')
-        if opts.get('transfer_res_init') not in ('normal', 'zeros'):
-            raise ValueError(f'--transfer-res-init must be normal or zeros, got {opts.get("transfer_res_init")}')
+        if opts['transfer_stage'] not in STAGES:
+            raise ValueError(f'--transfer-stage must be bn or ft, got {opts["transfer_stage"]}')
+        if opts['transfer_res_init'] not in ('normal', 'zeros'):
+            raise ValueError(f'--transfer-res-init must be normal or zeros, got {opts["transfer_res_init"]}')
         for key in ('transfer_comb_l1', 'transfer_res_l2'):
-            if (opts.get(key) or 0) < 0:
+            if opts[key] < 0:
                 raise ValueError(f'--{key.replace("_", "-")} must be >= 0')
-        if opts.get('transfer_lr') is not None and not opts['transfer_lr'] > 0:
+        if not opts['transfer_lr'] > 0:
             raise ValueError(f'--transfer-lr must be > 0, got {opts["transfer_lr"]}')
 
     @classmethod
@@ -190,7 +195,7 @@ class TransferPlugin(Plugin):
             raise ValueError('--method=transfer starts from a pretrained network: add --resume=<snapshot.pkl>')
         if not (c.get('training_set_kwargs') or {}).get('use_labels', False):
             raise ValueError('--method=transfer trains new classes: add --cond=1 and a dataset with labels')
-        if opts.get('transfer_stage') == 'ft' and c.get('resume_pkl'):
+        if opts['transfer_stage'] == 'ft' and c.get('resume_pkl'):
             from training.snapshot import load_network
             check_ft_source(load_network(c.resume_pkl, verbose=False)['G'], c.resume_pkl)
         # G and D are built with c_dim = the new dataset's label_dim (n_new); the loop copies
@@ -203,25 +208,20 @@ class TransferPlugin(Plugin):
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
-        self.stage = opts.get('transfer_stage') or 'bn'
-        self.comb_l1 = float(opts.get('transfer_comb_l1') or 0)
-        self.res_l2 = float(opts.get('transfer_res_l2') or 0)
-        self.lr = float(opts.get('transfer_lr') or DEFAULT_LR)
+        self.stage = opts['transfer_stage']
+        self.comb_l1 = float(opts['transfer_comb_l1'])
+        self.res_l2 = float(opts['transfer_res_l2'])
         self.G = None
         self.frozen_w_avg = None
 
-    def lr_multiplier(self, ctx):
-        """The transfer rate as a multiplier over G's own (see CombinedEmbedding)."""
-        G_lr = (ctx.get('G_opt_kwargs') or {}).get('lr')
-        return self.lr / G_lr if G_lr else 1.0
-
-    def resume_mode(self, data, ctx):
+    @classmethod
+    def resume_mode(cls, data, c, opts):
         old = getattr(data['G'].mapping, 'embed', None)
         if not _is_combined(old):
             # A pretrained snapshot of another run: its counters, optimizer moments and plugin
             # state belong to the old classes.
             return 'weights'
-        if getattr(old, 'lr_multiplier', 1.0) != self.lr_multiplier(ctx):
+        if getattr(old, 'lr_multiplier', 1.0) != rate_multiplier(opts, c.get('G_opt_kwargs')):
             # The stored tensors are scaled for another rate: a full resume would copy them over
             # the rescaled ones (and their Adam moments belong to that scale).
             return 'weights'
@@ -237,7 +237,7 @@ class TransferPlugin(Plugin):
         if self.stage == 'ft':
             check_ft_source(resume['G'], 'the --resume network')
         embed = self.build_embedding(resume['G'], n_new, G.mapping.embed_features, G.mapping.embed.weight.device,
-                                     self.lr_multiplier(ctx))
+                                     rate_multiplier(self.opts, ctx.get('G_opt_kwargs')))
         G.mapping.embed = embed
         G_ema.mapping.embed = copy.deepcopy(embed)
         G.c_dim = G.mapping.c_dim = n_new
@@ -261,9 +261,9 @@ class TransferPlugin(Plugin):
                 return copy.deepcopy(old).to(device)
             return rescaled_embedding(old, lr_multiplier).to(device)
         n_old = G_old.mapping.c_dim if old is not None else 0
-        embed = CombinedEmbedding(n_old, n_new, features, comb_bias=bool(self.opts.get('transfer_comb_bias', True)),
-                                  spectral_norm=bool(self.opts.get('transfer_sn', True)), lr_multiplier=lr_multiplier)
-        if self.opts.get('transfer_res_init') == 'zeros':
+        embed = CombinedEmbedding(n_old, n_new, features, comb_bias=bool(self.opts['transfer_comb_bias']),
+                                  spectral_norm=bool(self.opts['transfer_sn']), lr_multiplier=lr_multiplier)
+        if self.opts['transfer_res_init'] == 'zeros':
             embed.R.data.zero_()
         if n_old > 0:
             embed.set_value('E_old', old_class_embeddings(copy.deepcopy(old), n_old))

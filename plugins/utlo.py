@@ -34,12 +34,14 @@ class UTLOPlugin(Plugin):
 
     @classmethod
     def validate(cls, aug, methods, opts):
-        res_uc, alpha = opts.get('res_uc'), opts.get('alpha')
-        if res_uc is None or res_uc < 4 or res_uc & (res_uc - 1) != 0:
+        res_uc, alpha = opts['res_uc'], opts['alpha']
+        if res_uc < 4 or res_uc & (res_uc - 1) != 0:
             raise ValueError(f'--res-uc must be a power of two >= 4, got {res_uc}')
-        if alpha is None or alpha < 0:
+        if alpha < 0:
             raise ValueError(f'--alpha must be >= 0, got {alpha}')
-        if not opts.get('add_uc', True) and alpha != 0:
+        if opts['utlo_grid_ticks'] is not None and opts['utlo_grid_ticks'] < 1:
+            raise ValueError(f'--utlo-grid-ticks must be at least 1, got {opts["utlo_grid_ticks"]}')
+        if not opts['add_uc'] and alpha != 0:
             raise ValueError('--add-uc=false trains no unconditional head, so its loss weight must be 0: add --alpha=0')
 
     @classmethod
@@ -59,22 +61,22 @@ class UTLOPlugin(Plugin):
             raise ValueError(f'UTLO needs the "resnet" or "orig" D architecture, got "{d_arch}"')
         c.G_kwargs['res_uc'] = res_uc
         c.D_kwargs['res_uc'] = res_uc
-        if opts.get('utlo_grid_ticks') is None and c.get('image_snapshot_ticks'):
-            opts['utlo_grid_ticks'] = c.image_snapshot_ticks      # fakes_uc grids beside the fakes grids
+        if opts['utlo_grid_ticks'] is None:     # fakes_uc grids beside the fakes grids (every 50 ticks without them)
+            opts['utlo_grid_ticks'] = c.get('image_snapshot_ticks') or 50
 
     @classmethod
     def describe(cls, opts):
         tag = f'res-uc{opts["res_uc"]}'
-        if opts.get('add_uc', True):
+        if opts['add_uc']:
             tag += '-add-uc'
         return tag + f'-alpha-{float(opts["alpha"])}'
 
     def __init__(self, opts, device, rank=0, num_gpus=1):
         super().__init__(opts, device, rank, num_gpus)
         self.alpha = float(opts['alpha'])
-        self.add_uc = bool(opts.get('add_uc', True))
+        self.add_uc = bool(opts['add_uc'])
         self.w_main, self.w_uc = uc_weights(self.alpha)
-        self.grid_ticks = opts.get('utlo_grid_ticks') or 50
+        self.grid_ticks = opts['utlo_grid_ticks']
         self.run_dir = None
         self.G_ema = None
         self.grid = None

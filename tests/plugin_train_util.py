@@ -12,6 +12,7 @@ import torch
 
 import dnnlib
 import plugins
+import train as train_script
 from training import training_loop
 from training.loss import StyleGAN2Loss
 
@@ -48,6 +49,7 @@ def tiny_config(data, run_dir, aug='noaug', methods=(), cond=False, kimg=0.012, 
         ema_kimg=0.01, kimg_per_tick=0.004, image_snapshot_ticks=None, network_snapshot_ticks=100, image_grid_max=2,
         metrics=[], resume_pkl=None if resume is None else str(resume), device='cpu')
     active, opts = plugins.configure(c, aug, methods, plugin_opts, resuming=resume is not None)
+    train_script.configure_resume(c, active, opts)
     c.desc = '-'.join(cls.describe(opts) for cls in active)
     return c
 

@@ -11,7 +11,8 @@ B = 64
 STEP = B * 4 / 500000       # = 256 / 500000 per adjustment
 
 def make(aug, **kw):
-    opts = dict(aug=aug, methods=[], p=None, target=None, augpipe=None, ada_kimg=500, batch_size=B, batch_gpu=B)
+    opts = plugins.default_opts()
+    opts.update(aug=aug, methods=[], ada_kimg=500, batch_size=B, batch_gpu=B, typed=[])
     opts.update(kw)
     classes = plugins.resolve(aug, [], opts)
     return plugins.PluginSet(classes, opts, 'cpu')
@@ -79,22 +80,38 @@ def test_p_zero_is_identity_and_progress_is_reported():
     collector.update()
     assert collector.num('Progress/augment') == 1 and collector.mean('Progress/augment') == 0
 
+NOT_READ = '--{0} is an option of {1}, which is not on: add {2}, or drop --{0}'
+
 @pytest.mark.parametrize('aug, kw, message', [
-    ('ada', dict(p=0.2), '--p can only be given with --aug=fixed'),
+    ('ada', dict(p=0.2), NOT_READ.format('p', 'fixed', '--aug=fixed') + ' (ada adapts p itself; use --target to steer it)'),
+    ('apa', dict(p=0.2), NOT_READ.format('p', 'fixed', '--aug=fixed') + ' (with --aug=apa, --apa-fixed-p holds the APA probability constant)'),
     ('ada', dict(augpipe='nope'), 'unknown --augpipe "nope"'),
     ('ada', dict(target=1.5), '--target must be between 0 and 1'),
     ('fixed', dict(), '--aug=fixed needs --p'),
-    ('fixed', dict(p=0.2, target=0.5), '--target can only be given with --aug=ada'),
+    ('fixed', dict(p=0.2, target=0.5), NOT_READ.format('target', 'ada / apa', '--aug=ada or --aug=apa')),
     ('fixed', dict(p=1.5), '--p must be between 0 and 1'),
-    ('noaug', dict(augpipe='bgc'), '--augpipe has no effect with --aug=noaug'),
-    ('noaug', dict(target=0.6), '--target has no effect with --aug=noaug'),
-    ('noaug', dict(p=0.1), '--p has no effect with --aug=noaug'),
+    ('noaug', dict(augpipe='bgc'), NOT_READ.format('augpipe', 'ada / apa / fixed', '--aug=ada or --aug=apa or --aug=fixed')),
+    ('noaug', dict(target=0.6), NOT_READ.format('target', 'ada / apa', '--aug=ada or --aug=apa')),
+    ('diffaug', dict(target=0.6), NOT_READ.format('target', 'ada / apa', '--aug=ada or --aug=apa')),
+    ('noaug', dict(p=0.1), NOT_READ.format('p', 'fixed', '--aug=fixed')),
+    ('apa', dict(augpipe='bgc'), '--augpipe only matters with --aug=apa --with-dataaug=true'),
 ])
 def test_validation_messages(aug, kw, message):
-    opts = dict(aug=aug, methods=[], p=None, target=None, augpipe=None)
-    opts.update(kw)
-    with pytest.raises(ValueError, match=message.replace('(', r'\(')):
-        plugins.resolve(aug, [], opts)
+    """The options typed (given) are checked as train.py checks them: each one names the fix."""
+    import dnnlib
+    c = dnnlib.EasyDict(batch_size=8, batch_gpu=8, total_kimg=1)
+    with pytest.raises(ValueError) as err:
+        plugins.configure(c, aug, [], kw, given=kw)
+    assert str(err.value).startswith(message)
+
+def test_shared_options_are_declared_once_for_their_readers():
+    from plugins import ada, apa
+    assert plugins.registry()['ada'].options == [ada.TARGET, ada.AUGPIPE]
+    assert ada.TARGET in apa.APAPlugin.options and ada.AUGPIPE in apa.APAPlugin.options
+    readers = {opt.key: names for names, opt in plugins.all_options()}
+    assert readers['p'] == ['fixed'] and readers['target'] == ['ada', 'apa'] and readers['augpipe'] == ['ada', 'apa', 'fixed']
+    assert sum(opt.key == 'target' for _names, opt in plugins.all_options()) == 1
+    assert (plugins.default_opts().target, plugins.default_opts().augpipe, plugins.default_opts().p) == (0.6, 'bgc', None)
 
 def test_registered_as_aug_family_with_order_and_tags():
     reg = plugins.registry()
@@ -113,14 +130,23 @@ def test_an_option_declared_twice_is_refused_at_registration():
     with pytest.raises(ValueError, match='option.*alpha.*"utlo" already declares'):
         plugins.register('copycat')(Copycat)
     assert 'copycat' not in plugins.registry()
+    from plugins import ada
+    class Sharer(plugins.Plugin):     # listing the family's own Option object is sharing it, not a second declaration
+        options = [ada.TARGET]
+    try:
+        plugins.register('sharer')(Sharer)
+        assert [names for names, opt in plugins.all_options() if opt.key == 'target'] == [['ada', 'apa', 'sharer']]
+    finally:
+        plugins._registry.pop('sharer', None)
 
 def test_configure_fills_every_default_and_prefixes_configure_errors():
     import dnnlib
     import plugins
     c = dnnlib.EasyDict(batch_size=8, batch_gpu=4, total_kimg=1, training_set_kwargs=dict(use_labels=False))
-    active, opts = plugins.configure(c, 'ada', [], {'target': None}, resuming=True)
+    active, opts = plugins.configure(c, 'ada', [], {'target': None, 'augpipe': 'bgc'}, given=['augpipe'], resuming=True)
     assert [cls.name for cls in active] == c.plugin_names == ['ada']
     assert (opts.target, opts.augpipe, opts.p, opts.ada_kimg, opts.batch_size) == (0.6, 'bgc', None, 100, 8)
+    assert opts.typed == c.plugin_opts['typed'] == ['augpipe']      # what the user typed, beside the defaults
     assert set(plugins.default_opts()) <= set(c.plugin_opts)
     with pytest.raises(ValueError, match='^utlo: UTLO is class-conditional'):
         plugins.configure(dnnlib.EasyDict(c), 'noaug', ['utlo'], {})

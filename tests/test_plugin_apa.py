@@ -14,7 +14,7 @@ from training.loss import Phase
 
 def _opts(**kwargs):
     opts = plugins.default_opts()
-    opts.update(aug='apa', methods=[], p=None, target=0.6, augpipe='bgc', ada_kimg=500,
+    opts.update(aug='apa', methods=[], typed=[], ada_kimg=500,
                 batch_size=64, batch_gpu=64, total_kimg=1)
     opts.update(kwargs)
     return opts
@@ -219,9 +219,8 @@ def test_each_D_round_gets_its_own_gmain_round_fakes(tmp_path, monkeypatch):
 
 def test_validation_messages():
     with pytest.raises(ValueError, match='--apa-fixed-p'):
-        apa.APAPlugin.validate('apa', [], _opts(augpipe=None, apa_fixed_p=1.5))
+        apa.APAPlugin.validate('apa', [], _opts(apa_fixed_p=1.5))
     with pytest.raises(ValueError, match='--with-dataaug'):
-        apa.APAPlugin.validate('apa', [], _opts(augpipe='bgc'))
-    with pytest.raises(ValueError, match='--p is for --aug=fixed'):
-        apa.APAPlugin.validate('apa', [], _opts(augpipe=None, p=0.3))
-    apa.APAPlugin.validate('apa', [], _opts(augpipe='bgc', with_dataaug=True))
+        apa.APAPlugin.validate('apa', [], _opts(augpipe='bgc', typed=['augpipe']))
+    apa.APAPlugin.validate('apa', [], _opts(augpipe='bgc', typed=['augpipe'], with_dataaug=True))
+    apa.APAPlugin.validate('apa', [], _opts())       # the default pipeline, not typed: nothing to refuse

@@ -107,8 +107,6 @@ def test_plugin_activation_and_policy():
     assert not diffaug.DiffAugPlugin.is_active('ada', [], opts)
     assert diffaug.DiffAugPlugin.is_active('ada', [], dict(opts, diffaug_policy='color'))
     assert diffaug.DiffAugPlugin.describe(dict(opts, aug='diffaug')) == 'diffaug-color-translation-cutout'
-    with pytest.raises(ValueError, match='--target has no effect'):
-        diffaug.DiffAugPlugin.validate('diffaug', [], dict(opts, target=0.6))
     with pytest.raises(ValueError, match='unknown DiffAugment op'):
         diffaug.DiffAugPlugin.validate('diffaug', [], dict(opts, diffaug_policy='color,zoom'))
     # ADA then DiffAugment: resolve() orders ADA (20) before DiffAugment (30).

@@ -309,8 +309,9 @@ def test_continuing_with_another_rate_keeps_the_values_and_asks_for_weights_only
     plugin = transfer.TransferPlugin(_opts(transfer_stage='ft'), 'cpu')
     G2.requires_grad_(True)
     ctx = dnnlib.EasyDict(resume_data=snapshot, G_opt_kwargs=dict(lr=0.002))
-    assert plugin.resume_mode(snapshot, ctx) == 'weights'
-    assert plugin.resume_mode(snapshot, dnnlib.EasyDict(ctx, G_opt_kwargs={})) == 'full'    # same multiplier 1: continue
+    # Asked by train.py with the config c (here: only G's optimizer rate matters).
+    assert transfer.TransferPlugin.resume_mode(snapshot, dnnlib.EasyDict(G_opt_kwargs=dict(lr=0.002)), plugin.opts) == 'weights'
+    assert transfer.TransferPlugin.resume_mode(snapshot, dnnlib.EasyDict(G_opt_kwargs={}), plugin.opts) == 'full'    # same multiplier 1
     plugin.setup(G2, D2, copy.deepcopy(G2), dnnlib.EasyDict(ctx, full_resume=False))
     assert G2.mapping.embed.lr_multiplier == pytest.approx(0.1)
     c = torch.eye(N_NEW)

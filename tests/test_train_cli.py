@@ -76,6 +76,13 @@ def bad_input_cases(tmp_path, data):
         ([f'--data={data}', '--with-dataaug=true'], '--with-dataaug is an option of apa, which is not on: add --aug=apa'),
         ([f'--data={data}', '--apa-fixed-p=0.3'], '--apa-fixed-p is an option of apa, which is not on: add --aug=apa'),
         ([f'--data={data}', '--method=lottery', '--advaug-G-target=xx'], '--advaug-G-target must be b4 or ws, got xx'),
+        # The base family's options (plugin options shared by the plugins that read them).
+        ([f'--data={data}', '--aug=fixed', '--p=0.2', '--target=0.7'],
+         '--target is an option of ada / apa, which is not on: add --aug=ada or --aug=apa, or drop --target'),
+        ([f'--data={data}', '--aug=ada', '--p=0.3'],
+         '--p is an option of fixed, which is not on: add --aug=fixed, or drop --p (ada adapts p itself; use --target to steer it)'),
+        ([f'--data={data}', '--aug=noaug', '--augpipe=bgc'], '--augpipe is an option of ada / apa / fixed, which is not on'),
+        ([f'--data={data}', '--target=1.5'], '--target must be between 0 and 1, got 1.5'),
         # Every check runs before the run directory exists, --dry-run included (item 4).
         ([f'--data={data}', '--cond=1', '--method=transfer', '--dry-run'], '--method=transfer starts from a pretrained network'),
     ]
@@ -92,6 +99,46 @@ def test_bad_inputs_give_one_clear_error(tmp_path, data):
         assert 'Traceback' not in result.output
         assert result.output.count('Error:') == 1
     assert not outdir.exists()      # nothing was created before the error
+
+def test_base_family_options_as_users_type_them(tmp_path, data):
+    """python train.py with --aug=ada --target --augpipe, then a full resume with --aug=fixed --p: what
+    lands in training_options.json; a refused --target with --aug=fixed writes nothing."""
+    def train_py(outdir, *args):
+        return subprocess.run([sys.executable, 'train.py', f'--outdir={outdir}', f'--data={data}', '--cfg=tiny',
+                               '--metrics=none', '--workers=0', '--kimg=0.008', '--snap=1', *args],
+                              cwd=ROOT, capture_output=True, text=True)
+    def options(run_dir):
+        with open(os.path.join(run_dir, 'training_options.json')) as f:
+            return json.load(f)
+    runs = tmp_path / 'runs'
+    proc = train_py(runs, '--aug=ada', '--target=0.7', '--augpipe=bgc')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = train.list_snapshots(str(runs))[-1]
+    o = options(os.path.dirname(first))
+    assert o['plugin_names'] == ['ada'] and (o['plugin_opts']['target'], o['plugin_opts']['augpipe']) == (0.7, 'bgc')
+    assert o['plugin_opts']['typed'] == ['augpipe', 'target'] and o['plugin_opts']['ada_kimg'] == 500
+    assert o['resume_pkl'] is None and o['ema_rampup'] == 0.05 and 'ada-target0.7' in first
+    proc = train_py(runs, '--aug=fixed', '--p=0.2', f'--resume={first}', '--kimg=0.016')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    o = options(os.path.dirname(train.list_snapshots(str(runs))[-1]))
+    assert o['plugin_names'] == ['fixed'] and o['plugin_opts']['p'] == 0.2 and o['plugin_opts']['target'] == 0.6
+    assert (o['resume_mode'], o['ema_rampup'], o['plugin_opts']['ada_kimg']) == ('full', 0.05, 100)
+    refused = train_py(tmp_path / 'never', '--aug=fixed', '--p=0.2', '--target=0.7')
+    assert refused.returncode == 2 and 'Traceback' not in refused.stderr
+    assert ('--target is an option of ada / apa, which is not on: add --aug=ada or --aug=apa, or drop --target'
+            in refused.stderr)
+    assert not (tmp_path / 'never').exists()
+
+def test_a_broken_resume_file_is_refused_before_anything_is_written(tmp_path, data):
+    """train.py reads the --resume file while it builds the config (it decides the resume mode)."""
+    broken = tmp_path / 'notes.pkl'
+    broken.write_bytes(b'not a pickle')
+    outdir = tmp_path / 'out'
+    result = CliRunner().invoke(train.build_cli(), [f'--outdir={outdir}', f'--data={data}', '--cfg=tiny', '--metrics=none',
+                                                    f'--resume={broken}'])
+    assert result.exit_code == 2 and 'Traceback' not in result.output
+    assert f'Error: --resume: {broken} is not a valid network snapshot (truncated or corrupted)' in result.output
+    assert not outdir.exists()
 
 def test_metric_labels_select_the_metric_label_file(tmp_path, data):
     with open(os.path.join(data, 'lt_full.json'), 'w') as f:
@@ -136,8 +183,11 @@ def test_help_groups_plugin_options():
     for option in ['--outdir', '--resume', '--freezed', '--snapshot-keep', '--tick', '--method', '--labels', '--detector']:
         assert option in result.output
     import plugins
-    for name in {name for name, _opt in plugins.all_options()}:
-        assert f'Options of {name}:' in result.output
+    for readers, _opt in plugins.all_options():
+        assert f'Options of {" / ".join(readers)}:' in result.output
+    # The base family's options are plugin options, listed once under the plugins that read them.
+    section = result.output.split('Options of ada / apa:')[1]
+    assert '--target' in section.split('Options of')[0] and result.output.count('--target FLOAT') == 1
 
 #----------------------------------------------------------------------------
 

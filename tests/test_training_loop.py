@@ -167,7 +167,7 @@ def test_weights_only_resume_reports_skipped_tensors(tmp_path, data):
     with open(weights, 'wb') as f:
         pickle.dump(dict(G=src.G, D=src.D, G_ema=src.G_ema, augment_pipe=None, training_set_kwargs=None), f)
     c = config(tmp_path / 'dst', data, '--cond=0', '--aug=noaug', '--kimg=0.008', '--snap=1', f'--resume={weights}')
-    assert c.ema_rampup == 0.05
+    assert c.resume_mode == 'weights' and c.ema_rampup is None     # decided by train.py with the config
     result = train.run_training(c)
     log = open(os.path.join(c.run_dir, 'log.txt')).read()
     assert 'tensors of G not in the pickle or shaped differently' in log and 'mapping.fc0.weight' in log

@@ -567,39 +567,63 @@ def set_rng_state(state):
 #----------------------------------------------------------------------------
 # Resuming.
 
-def open_resume(path, log=print):
-    """The resume plan for `path` (None: a fresh start, every step of the plan does nothing)."""
+def resume_mode(path, plugin_classes, c, opts):
+    """How a run starts from the network file `path`, decided once while the config is built:
+    None (no file), 'full' (a snapshot with `resume_state` that every active plugin agrees to
+    continue, Plugin.resume_mode) or 'weights' (only the weights are taken over)."""
     if path is None:
-        return ResumePlan(None, log)
+        return None
+    data = load_network(path, verbose=False)
+    if data.get('resume_state') is None:
+        return 'weights'
+    modes = [cls.resume_mode(data, c, opts) for cls in plugin_classes]
+    return 'weights' if 'weights' in modes else 'full'
+
+def open_resume(path, mode, log=print):
+    """The resume plan for `path` in the `mode` resume_mode() decided (path None: a fresh start,
+    every step of the plan does nothing)."""
+    if path is None:
+        return ResumePlan(None, None, log)
+    if mode not in ('full', 'weights'):
+        raise ValueError(f'resuming from "{path}" needs resume_mode "full" or "weights" (training.snapshot.resume_mode '
+                         f'decides it with the config), got {mode!r}')
     log(f'Resuming from "{path}"')
-    return ResumePlan(load_network(path), log)
+    return ResumePlan(load_network(path), mode, log)
 
 class ResumePlan:
-    """How a run starts from a network file, decided once, restored step by step.
+    """How a run starts from a network file, in the mode decided with the config, restored step by step.
 
     mode: None (fresh start); 'full' (a snapshot with `resume_state`: weights, optimizer moments,
     plugin states, counters, the image stream and the RNG continue exactly where it stopped);
     'weights' (a network file without it, or a snapshot a plugin declines to continue through
     Plugin.resume_mode: the weights are copied by name and shape, everything else starts fresh).
+    Every step does nothing where the mode does not call for it.
     """
-    def __init__(self, data, log=print):
+    def __init__(self, data, mode, log=print):
         self.data = data
-        self.state = None if data is None else data.get('resume_state')
-        self.mode = None if data is None else ('full' if self.state is not None else 'weights')
+        self.mode = mode
+        self.state = data.get('resume_state') if mode == 'full' else None
         self.log = log
+        if mode == 'full' and self.state is None:
+            raise ValueError('the resume file has no training state to continue (it changed since the config was built?)')
+        if mode == 'weights' and data.get('resume_state') is not None:
+            self.log('Resume: starting from the weights only; counters, optimizers, plugin states and RNG start fresh')
 
     @property
     def full(self):
         return self.mode == 'full'
 
-    def decide(self, plugins, ctx):
-        """Let the plugins turn a full resume into a weights-only start (transfer from another run)."""
-        if self.full and plugins.resume_mode(self.data, ctx) == 'weights':
-            self.log('Resume: a plugin asked for a weights-only resume; counters, optimizers and RNG start fresh')
-            self.mode, self.state = 'weights', None
+    def load_weights(self, G, D, G_ema):
+        """Copy G, D, G_ema by name and shape; a weights-only start logs the tensors left at init."""
+        self._copy_weights(G, D, G_ema, report=self.mode == 'weights')
 
-    def load_weights(self, G, D, G_ema, report=False):
-        """Copy G, D, G_ema by name and shape; with `report`, log the tensors left at init."""
+    def load_weights_after_setup(self, G, D, G_ema):
+        """A full resume copies the weights again after the plugins' setup, so that modules a plugin
+        added are filled from the snapshot too."""
+        if self.full:
+            self._copy_weights(G, D, G_ema, report=False)
+
+    def _copy_weights(self, G, D, G_ema, report):
         if self.data is None:
             return
         for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:

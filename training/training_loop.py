@@ -124,6 +124,7 @@ def training_loop(
     snapshot_keep           = None,     # Keep only the newest K snapshots (None = all).
     image_grid_max          = 32,       # Largest grid side (images per row / column).
     resume_pkl              = None,     # Snapshot / network pickle to resume from.
+    resume_mode             = None,     # 'full' / 'weights': how to start from resume_pkl (train.py decides it).
     cudnn_benchmark         = True,     # torch.backends.cudnn.benchmark.
     allow_tf32              = False,    # TF32 for matmul and convolutions.
     sync_timing             = False,    # Synchronise around phases for exact per-phase times (benchmarks).
@@ -145,27 +146,22 @@ def training_loop(
     log = print if rank == 0 else (lambda *args, **kwargs: None)
 
     # ---- Resume plan, training set, networks ----------------------------------------------------
-    plan = snapshot.open_resume(resume_pkl, log)
+    plan = snapshot.open_resume(resume_pkl, resume_mode, log)
     log('Loading training set...')
     training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
     log(f'Num images: {len(training_set)}, image shape: {training_set.image_shape}, label shape: {training_set.label_shape}')
     log('Constructing networks...')
     G, D, G_ema = construct_networks(training_set, G_kwargs, D_kwargs, freezed, device)
 
-    # ---- Plugins: the resume mode first, then the weights a plugin's setup may need (transfer) -------
+    # ---- Plugins, after the weights a plugin's setup may need (transfer) --------------------------
     plugins = plugin_registry.PluginSet.from_names(plugin_names, plugin_opts, device, rank=rank, num_gpus=num_gpus)
     setup_ctx = dnnlib.EasyDict(training_set=training_set, batch_size=batch_size, batch_gpu=batch_gpu,
         num_gpus=num_gpus, rank=rank, device=device, run_dir=run_dir, resume_data=plan.data,
-        G_opt_kwargs=G_opt_kwargs, D_opt_kwargs=D_opt_kwargs)
-    plan.decide(plugins, setup_ctx)
-    setup_ctx.full_resume = plan.full
-    plan.load_weights(G, D, G_ema, report=plan.mode == 'weights')
-    if plan.mode == 'weights':
-        ema_rampup = None   # transfer from weights only: the new run starts with a full-length EMA
+        G_opt_kwargs=G_opt_kwargs, D_opt_kwargs=D_opt_kwargs, full_resume=plan.full)
+    plan.load_weights(G, D, G_ema)
     G.requires_grad_(True); D.requires_grad_(True)   # plugins may switch parameters off in setup
     plugins.setup(G, D, G_ema, setup_ctx)
-    if plan.full:   # again after setup, so modules a plugin added are filled from the snapshot too
-        plan.load_weights(G, D, G_ema)
+    plan.load_weights_after_setup(G, D, G_ema)
     augment_pipe = plugins.augment_pipe
     plan.load_augment_pipe(augment_pipe)
 
