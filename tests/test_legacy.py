@@ -274,7 +274,9 @@ def test_upstream_generator_converts_to_our_classes_with_identical_outputs(tmp_p
     _forget_source(src)
     _forget_source(aug_src)
 
+    rng = torch.random.get_rng_state()
     loaded = legacy.load_network(pkl, verbose=False)
+    assert torch.equal(torch.random.get_rng_state(), rng)    # rebuilding drew nothing from the caller's RNG
     assert 'kept as pickled' not in capsys.readouterr().out
     for key, cls in [('G', networks.Generator), ('G_ema', networks.Generator), ('D', networks.Discriminator),
                      ('augment_pipe', augment.AugmentPipe)]:

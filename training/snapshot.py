@@ -185,7 +185,11 @@ def _to_our_class(obj, key, verbose):
     if cls is None or type(obj) is cls or not persistence.is_persistent(obj):
         return obj
     try:
-        new = cls(*obj.init_args, **obj.init_kwargs)
+        # The constructor's random init is overwritten below; it must not draw from the caller's
+        # RNG either: whether a file needs rebuilding depends on the process's history
+        # (persistence caches embedded modules), and a run's networks are drawn after the load.
+        with torch.random.fork_rng(devices=[]):
+            new = cls(*obj.init_args, **obj.init_kwargs)
     except Exception as e:
         print(f'Note: {key} ({type(obj).__name__}) kept as pickled: our class does not accept its '
               f'constructor arguments ({type(e).__name__}: {e})')
