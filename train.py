@@ -35,16 +35,20 @@ _CFG_TABLE = [  # -1: derived from the resolution and GPU count ('auto')
     ('paper1024', 8,        25000,   32, 4,     1,     0.002,  2,     10,   None, 8),
     ('cifar',     2,        100000,  64, 32,    1,     0.0025, 0.01,  500,  0.05, 2),
     ('low_shot',  -1,       300,     8,  4,     1,     0.002,  10,    10,   None, 2),
-    ('tiny',      1,        20,      8,  4,     1/64,  0.005,  0.05,  1,    0.05, 2),
+    ('tiny',      1,        20,      8,  4,     1/64,  0.01,   0.01,  1,    0.05, 2),
 ]
 CFG_SPECS = {row[0]: dict(zip(_CFG_FIELDS, row[1:])) for row in _CFG_TABLE}
 # DiffAugment's few-shot preset (its StyleGAN2 PyTorch code); ref_gpus -1: the batch is split over --gpus.
 CFG_SPECS['low_shot'].update(snap=10)
 # CPU preset, tuned so that the demo (conditional, 16x16 shapes) learns in minutes: 64-dim latents, 64
-# channels up to 8x8 and 32 at 16x16, a high learning rate, 2-layer mappings in G and D (D's class
+# channels up to 8x8 and 32 at 16x16, a high learning rate (at the demo's batch 32, 0.01 reached 80% recognised
+# in 80 kimg, 0.005 72%, and 0.02 stalled for 20 kimg), a small R1 gamma, 2-layer mappings in G and D (D's class
 # embedding too) learning 10x faster than upstream's, no style mixing and no path-length regulariser
-# (they pay off in long runs, not in minutes); ticks every 0.1 kimg (~12 iterations), 8x8 grids.
-CFG_SPECS['tiny'].update(channel_max=64, zdim=64, map_lr=0.1, tick=0.1, snap=10, grid=8)
+# (they pay off in long runs, not in minutes); ticks every 0.1 kimg (~12 iterations), 8x8 grids. The box
+# resampling filter [1, 1] (nearest-neighbour up, 2x2 mean down) instead of [1, 3, 3, 1]: at 16x16 the
+# smoother filter rounds the shapes' corners and washes out their stripes (the demo: 82% recognised
+# at 80 kimg against 80%, and 67% against 53% at 40).
+CFG_SPECS['tiny'].update(channel_max=64, zdim=64, map_lr=0.1, tick=0.1, snap=10, grid=8, resample_filter=[1, 1])
 
 RESUME_SPECS = {   # upstream's pretrained networks, by their usual short names
     'ffhq256':     'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/ffhq-res256-mirror-paper256-noaug.pkl',
@@ -202,6 +206,8 @@ def make_config(gpus, batch, cfg, gamma, kimg, snap, tick, res, seed, batch_gpu=
         c.G_kwargs.synthesis_kwargs.conv_clamp = c.D_kwargs.conv_clamp = None
         c.G_kwargs.mapping_kwargs.lr_multiplier = spec.map_lr
         c.D_kwargs.mapping_kwargs.update(num_layers=spec.map, lr_multiplier=spec.map_lr)
+        c.G_kwargs.synthesis_kwargs.resample_filter = list(spec.resample_filter)
+        c.D_kwargs.block_kwargs.resample_filter = list(spec.resample_filter)
     if pl_weight is not None:
         c.loss_kwargs.pl_weight = pl_weight
     c.loss_kwargs.reg_gain = reg_gain

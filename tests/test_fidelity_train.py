@@ -76,7 +76,7 @@ def test_reg_gain_none_pl_weight_map_train(tmp_path, data):
     result = train.run_training(c)
     for phase in result.phases:         # lazy Adam scaling kept: lr * k/(k+1), betas ** (k/(k+1))
         k = 4 if phase.name.startswith('G') else 16
-        assert phase.opt.param_groups[0]['lr'] == pytest.approx(0.005 * k / (k + 1))
+        assert phase.opt.param_groups[0]['lr'] == pytest.approx(train.CFG_SPECS['tiny']['lrate'] * k / (k + 1))
         assert phase.opt.param_groups[0]['betas'][1] == pytest.approx(0.99 ** (k / (k + 1)))
     with open(os.path.join(c.run_dir, 'training_options.json')) as f:
         options = json.load(f)
