@@ -22,8 +22,9 @@ fi
 echo "[demo] 2/3 training a tiny conditional StyleGAN2 + ADA on the CPU for $kimg kimg"
 echo "[demo]     every 10 kimg, labelnet_rr: the share of 1,000 generated images that a small classifier"
 echo "[demo]     trained on the dataset's own labels recognises (confidence >= 0.9), and as the class asked for"
+# Batch 32 costs less CPU per image than 16; channels-last only changes the memory layout (and rounding).
 python train.py --outdir="$out/runs" --data="$out/shapes-16.zip" --cfg=tiny --cond=1 --aug=ada --mirror=1 \
-    --batch=16 --kimg="$kimg" --tick=1 --snap=10 --metrics=labelnet_rr --workers=0
+    --batch=32 --channels-last=1 --kimg="$kimg" --tick=1 --snap=10 --metrics=labelnet_rr --workers=0
 
 run_dir=$(ls -d "$out"/runs/*/ | sort | tail -n 1)
 snapshot=$(ls "$run_dir"network-snapshot-*.pkl | sort | tail -n 1)

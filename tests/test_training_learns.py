@@ -1,7 +1,8 @@
-"""Training as a whole learns: train.py with the tiny preset, conditional, on the embedded shapes
-for a fixed number of kimg, and labelnet_rr (a classifier trained on the shapes' labels) at the
-first and the last snapshot. Unit tests hold each part to its reference; this one fails when the
-parts do not add up (images and labels out of step, a batch swapped, a schedule that never fires).
+"""Training as a whole learns: train.py with the demo's options (scripts/demo.sh: the tiny
+preset, conditional, on the embedded shapes) for a fixed number of kimg, and labelnet_rr (a
+classifier trained on the shapes' labels) at the first and the last snapshot. Unit tests hold
+each part to its reference; this one fails when the parts do not add up (images and labels out
+of step, a batch swapped, a schedule that never fires).
 
 BREAK_TRAINING=1 also runs the check on deliberately broken data (every real the same image;
 labels shuffled against the images) and expects it to fail there: how the check was validated.
@@ -9,6 +10,7 @@ labels shuffled against the images) and expects it to fail there: how the check 
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -26,10 +28,23 @@ from metrics import metric_main
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KIMG = 20            # fixed training length (not a time limit): ~2.5 CPU-minutes
+KIMG = 16            # fixed training length (not a time limit): ~95 CPU-seconds in all, classifier included
 NUM_IMAGES = 3000
-MIN_RR = 0.15        # share recognised at the end; 0 at the start and for an untrained G
-MIN_ASKED_OF_RR = 0.40   # share of the recognised ones that show the asked class; chance is 1/6
+MIN_RR = 0.10        # share recognised at the end; 0 at the start and for an untrained G
+MIN_ASKED_OF_RR = 0.30   # share of the recognised ones that show the asked class; chance is 1/6
+OWN_OPTIONS = ('outdir', 'data', 'kimg', 'tick', 'snap', 'metrics', 'seed')   # set by train() below
+
+def demo_options():
+    """The train.py options of scripts/demo.sh (those not built from its shell variables), so
+    that this test trains what the demo trains."""
+    with open(os.path.join(ROOT, 'scripts', 'demo.sh')) as f:
+        text = f.read()
+    start = text.index('python train.py ')
+    end = text.index('\n', start)
+    while text[end - 1] == '\\':          # backslash-continued lines
+        end = text.index('\n', end + 1)
+    words = shlex.split(text[start:end].replace('\\\n', ' '), posix=False)[2:]
+    return [w for w in words if w.startswith('--') and '$' not in w and w[2:].split('=')[0] not in OWN_OPTIONS]
 
 def make_shapes(path):
     subprocess.run([sys.executable, os.path.join(ROOT, 'dataset_tool.py'), '--source=builtin:shapes', f'--dest={path}',
@@ -38,9 +53,9 @@ def make_shapes(path):
 
 def train(data, outdir, kimg=KIMG, metricdata=None):
     """train.py as the demo runs it, shorter: snapshots (and labelnet_rr) at kimg 0 and at the end."""
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data}', '--cfg=tiny',
-           '--cond=1', '--aug=ada', '--mirror=1', '--batch=16', f'--kimg={kimg}', f'--tick={kimg}', '--snap=1',
-           '--metrics=labelnet_rr', '--workers=0', '--seed=0'] + ([f'--metricdata={metricdata}'] if metricdata else [])
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data}', *demo_options(),
+           f'--kimg={kimg}', f'--tick={kimg}', '--snap=1', '--metrics=labelnet_rr', '--seed=0'] + (
+           [f'--metricdata={metricdata}'] if metricdata else [])
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -63,6 +78,11 @@ def env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('DNNLIB_CACHE_DIR', str(root / 'cache'))
         yield dnnlib.EasyDict(root=root, data=make_shapes(root / 'shapes-16.zip'))
+
+def test_demo_options_are_read():
+    options = demo_options()
+    assert {'--cfg=tiny', '--cond=1', '--workers=0'} <= set(options), options
+    assert not any(o.startswith(('--kimg', '--outdir', '--snap')) for o in options), options
 
 def test_tiny_preset_learns_the_shapes(env):
     run_dir, stdout, lines = train(env.data, str(env.root / 'runs'))
