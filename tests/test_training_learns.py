@@ -81,7 +81,7 @@ def env(tmp_path_factory):
 
 def test_demo_options_are_read():
     options = demo_options()
-    assert {'--cfg=tiny', '--cond=1', '--workers=0'} <= set(options), options
+    assert {'--cfg=tiny', '--cond=1', '--workers=0'} <= set(options), options   # first and continued line
     assert not any(o.startswith(('--kimg', '--outdir', '--snap')) for o in options), options
 
 def test_tiny_preset_learns_the_shapes(env):
